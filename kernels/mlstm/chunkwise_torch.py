@@ -1,0 +1,100 @@
+"""mLSTM, chunkwise-parallel form in plain PyTorch (the reference for the Triton kernel).
+
+The sequence is cut into chunks of L tokens. Phase 1 runs the recurrence over
+chunk boundaries only: each chunk's contribution to the memory is one (Dqk x Dv)
+matrix product, so the loop has T/L cheap iterations. Phase 2 computes every
+chunk's outputs at once with the parallel form inside the chunk, seeded with the
+memory at the chunk's start (``parallel.mlstm_parallel_core``). Cost is
+O(T L D + T Dqk Dv) instead of the parallel form's O(T^2 D).
+
+Any T works: the last chunk is padded with tokens whose input gate is -inf and
+whose forget gate is 1 (log f = 0). Such tokens add nothing to the memory and do
+not decay it, and being last they cannot influence earlier outputs, so outputs
+and the final state are exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .common import MLSTMState, compute_dtype, prepare_state, validate_inputs
+from .parallel import mlstm_parallel_core
+
+
+def _chunk_states(k, v, i, logf, state: MLSTMState) -> tuple[MLSTMState, MLSTMState]:
+    """Memory at the start of every chunk, and the final memory.
+
+    Shapes: k ``(B, H, NC, L, Dqk)``, v ``(B, H, NC, L, Dv)``, i, logf ``(B, H, NC, L)``.
+    Returns states with a chunk axis: C ``(B, H, NC, Dqk, Dv)``, n ``(B, H, NC, Dqk)``, m ``(B, H, NC)``.
+    """
+    C, n, m = state
+    NC = k.shape[2]
+    cum = torch.cumsum(logf, dim=-1)  # (B, H, NC, L)
+    g = cum[..., -1]  # total log decay over each chunk
+    # log weight of token j inside its chunk as seen from the chunk end
+    log_a = g[..., None] - cum + i  # (B, H, NC, L)
+    a_max = log_a.amax(dim=-1)  # (B, H, NC)
+    Cs, ns, ms = [], [], []
+    for c in range(NC):
+        Cs.append(C)
+        ns.append(n)
+        ms.append(m)
+        m_next = torch.maximum(g[..., c] + m, a_max[..., c])
+        decay = torch.exp(g[..., c] + m - m_next)
+        a = torch.exp(log_a[..., c, :] - m_next[..., None])  # (B, H, L)
+        k_a = k[:, :, c] * a[..., None]
+        C = decay[..., None, None] * C + k_a.transpose(-1, -2) @ v[:, :, c]
+        n = decay[..., None] * n + k_a.sum(dim=-2)
+        m = m_next
+    starts = MLSTMState(torch.stack(Cs, dim=2), torch.stack(ns, dim=2), torch.stack(ms, dim=2))
+    return starts, MLSTMState(C, n, m)
+
+
+def mlstm_chunkwise_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    initial_state: MLSTMState | tuple | None = None,
+    return_last_state: bool = False,
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+) -> torch.Tensor | tuple[torch.Tensor, MLSTMState]:
+    """mLSTM over a sequence in the chunkwise-parallel form.
+
+    Args:
+        q, k: ``(B, H, T, Dqk)``; v: ``(B, H, T, Dv)``; i, f: ``(B, H, T)`` pre-activations.
+        initial_state: optional ``(C (B, H, Dqk, Dv), n (B, H, Dqk), m (B, H))``.
+        return_last_state: also return the final state.
+        chunk_size: tokens per chunk (any positive integer; T need not be a multiple).
+    Returns:
+        h ``(B, H, T, Dv)`` in q's dtype (and the final state in float32/float64).
+    """
+    validate_inputs(q, k, v, i, f)
+    if chunk_size <= 0:
+        raise ValueError(f"mLSTM: chunk_size must be positive, got {chunk_size}")
+    B, H, T, Dqk = q.shape
+    Dv = v.shape[-1]
+    in_dtype = q.dtype
+    dtype = compute_dtype(in_dtype)
+    state = prepare_state(initial_state, B, H, Dqk, Dv, dtype, q.device)
+    if T == 0:
+        h = v.new_zeros(B, H, 0, Dv)
+        return (h, state) if return_last_state else h
+    q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
+    logf = F.logsigmoid(f)
+    L = min(chunk_size, T)
+    pad = (-T) % L
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        i = F.pad(i, (0, pad), value=float("-inf"))
+        logf = F.pad(logf, (0, pad), value=0.0)
+    NC = (T + pad) // L
+    q, k, v = (t.reshape(B, H, NC, L, t.shape[-1]) for t in (q, k, v))
+    i, logf = (t.reshape(B, H, NC, L) for t in (i, logf))
+    starts, last = _chunk_states(k, v, i, logf, state)
+    h, _ = mlstm_parallel_core(q, k, v, i, logf, starts, eps)
+    h = h.reshape(B, H, NC * L, Dv)[:, :, :T].to(in_dtype)
+    return (h, last) if return_last_state else h

@@ -1,0 +1,203 @@
+"""Whole-model invariances for every block kind, configs, and input errors."""
+
+from __future__ import annotations
+
+import glob
+import re
+
+import pytest
+import torch
+
+from tests.helpers import assert_close
+from xlstm_lm.config import BLOCK_LETTERS, ModelConfig
+from xlstm_lm.config_utils import ConfigError, apply_overrides, from_dict, load_yaml
+from xlstm_lm.models import XLSTMLM
+
+SMALL = dict(vocab_size=37, d_model=32, mlstm={"num_heads": 2, "chunk_size": 8}, slstm={"num_heads": 2})
+PATTERNS = ["m", "s", "x", "e", "h", "l", "p", "g", "c", "msxm"]
+
+
+def tiny_model(pattern: str, dtype=torch.float64, **kw) -> XLSTMLM:
+    torch.manual_seed(0)
+    data = {**SMALL, "num_blocks": len(pattern), "pattern": pattern, "mlstm7b": {"num_heads": 2, "chunk_size": 8}}
+    data.update(kw)
+    model = XLSTMLM(from_dict(ModelConfig, data)).to(dtype)
+    # Perturb every parameter so zero-initialised paths (sLSTM recurrent weights,
+    # gate weights) take part in the comparison.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=[f"pattern-{p}" for p in PATTERNS])
+def test_full_sequence_equals_token_by_token(pattern):
+    model = tiny_model(pattern)
+    ids = torch.randint(0, 37, (2, 19))
+    full = model(ids).logits
+    state, steps = None, []
+    for t in range(ids.shape[1]):
+        out = model(ids[:, t : t + 1], state)
+        state = out.state
+        steps.append(out.logits)
+    assert_close(torch.cat(steps, dim=1), full, rtol=1e-10, atol_floor=1e-12, msg=pattern)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=[f"pattern-{p}" for p in PATTERNS])
+def test_two_halves_with_state_equal_one_run(pattern):
+    model = tiny_model(pattern)
+    ids = torch.randint(0, 37, (3, 30))
+    full = model(ids)
+    a = model(ids[:, :13])
+    b = model(ids[:, 13:], a.state)
+    assert_close(torch.cat([a.logits, b.logits], 1), full.logits, rtol=1e-10, atol_floor=1e-12)
+    for s_full, s_b in zip(full.state, b.state):
+        for x, y in zip(s_full, s_b):
+            assert_close(y, x, rtol=1e-10, atol_floor=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mlstm", "mlstm7b"])
+def test_mlstm_backends_agree_in_model_with_gradients(kind):
+    ids = torch.randint(0, 37, (2, 21))
+    results = {}
+    for backend in ("parallel", "chunkwise", "recurrent"):
+        sub = {"mlstm": {"num_heads": 2, "chunk_size": 8, "backend": backend},
+               "mlstm7b": {"num_heads": 2, "chunk_size": 8, "backend": backend}}
+        model = tiny_model("m" if kind == "mlstm" else "x", **sub)
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[backend] = (out.logits.detach(), grads)
+    ref_logits, ref_grads = results["recurrent"]
+    for backend in ("parallel", "chunkwise"):
+        logits, grads = results[backend]
+        assert_close(logits, ref_logits, rtol=1e-10, atol_floor=1e-12, msg=backend)
+        for name in ref_grads:
+            assert_close(grads[name], ref_grads[name], rtol=1e-8, atol_floor=1e-12, msg=f"{backend} {name}")
+
+
+def test_loss_ignores_index_and_matches_manual_cross_entropy():
+    model = tiny_model("ms")
+    ids = torch.randint(0, 37, (2, 9))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    out = model(ids, labels=labels)
+    manual = torch.nn.functional.cross_entropy(out.logits[:, 4:].reshape(-1, 37), ids[:, 4:].reshape(-1))
+    assert_close(out.loss, manual, rtol=1e-12, atol_floor=0.0)
+
+
+def test_input_errors_are_clear():
+    model = tiny_model("m")
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 37\)"):
+        model(torch.tensor([[1, 40]]))
+    with pytest.raises(ValueError, match="input_ids must be"):
+        model(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="integer"):
+        model(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="state has 3 entries"):
+        model(torch.tensor([[1, 2]]), state=[(), (), ()])
+
+
+def test_unknown_and_invalid_config_keys_name_the_key():
+    with pytest.raises(ConfigError, match="mlstm.num_headz"):
+        from_dict(ModelConfig, {"mlstm": {"num_headz": 4}}, "model")
+    with pytest.raises(ConfigError, match="model.d_model: expected an integer"):
+        from_dict(ModelConfig, {"d_model": "big"}, "model")
+    with pytest.raises(ConfigError, match="model.block"):
+        from_dict(ModelConfig, {"block": "transformer"}, "model")
+    with pytest.raises(ConfigError, match=r"pattern has unknown letter\(s\) \['z'\]"):
+        from_dict(ModelConfig, {"num_blocks": 2, "pattern": "mz"})
+    with pytest.raises(ConfigError, match="3 letters but num_blocks=2"):
+        from_dict(ModelConfig, {"num_blocks": 2, "pattern": "mmm"})
+    with pytest.raises(ConfigError, match="slstm_at index 5"):
+        from_dict(ModelConfig, {"num_blocks": 2, "slstm_at": [5]})
+    with pytest.raises(ConfigError, match="not divisible by slstm.num_heads"):
+        from_dict(ModelConfig, {"d_model": 30, "num_blocks": 1, "block": "slstm", "slstm": {"num_heads": 4}})
+    with pytest.raises(ConfigError, match="must look like"):
+        apply_overrides({}, ["model.d_model"])
+
+
+def test_overrides_and_base_inheritance():
+    data = apply_overrides(load_yaml("configs/xlstm/xlstm71_125m.yaml"), ["model.num_blocks=8", "model.slstm_at=[3]"])
+    cfg = from_dict(ModelConfig, data["model"], "model")
+    assert cfg.num_blocks == 8 and cfg.block_kinds == ["mlstm"] * 3 + ["slstm"] + ["mlstm"] * 4
+    assert cfg.vocab_size == 50304  # from the base file
+
+
+EXPECTED_PARAMS = {  # millions, with the embedding counted once (tied) for the paper sizes
+    "xlstm71_125m": 125, "xlstm10_125m": 125, "xlstm71_350m": 350, "xlstm10_350m": 350,
+    "xlstm71_760m": 760, "xlstm10_760m": 760, "xlstm71_1.3b": 1300, "xlstm10_1.3b": 1300,
+    "xlstm7b": 6900, "lstm_ptb_small": 4.6, "lstm_ptb_medium": 19.8,
+}
+
+
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob("configs/**/*.yaml", recursive=True) if "/_" not in p))
+def test_every_shipped_config_builds(path):
+    data = load_yaml(path)
+    cfg = from_dict(ModelConfig, data["model"], "model")
+    with torch.device("meta"):
+        model = XLSTMLM(cfg)
+    name = re.sub(r"\.yaml$", "", path.split("/")[-1])
+    if name in EXPECTED_PARAMS:
+        got = model.num_params() / 1e6
+        assert abs(got - EXPECTED_PARAMS[name]) / EXPECTED_PARAMS[name] < 0.06, f"{name}: {got:.1f}M params"
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding"))
+    assert model.flops_per_token(2048) >= 6 * matrices
+
+
+def test_flops_per_token_counts_dense_weights_and_cell():
+    model = tiny_model("m", dtype=torch.float32, tie_embeddings=False)
+    dense = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding"))
+    layer = model.blocks[0].mlstm
+    H, dh = layer.num_heads, layer.inner // layer.num_heads
+    cell = H * (4 * dh * dh + 2 * dh * 8)
+    assert model.flops_per_token(100) == pytest.approx(3 * (2 * dense + cell))
+
+
+def test_generate_greedy_equals_full_recomputation():
+    model = tiny_model("msx")
+    prompt = torch.randint(0, 37, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8, temperature=0)
+    seq = prompt
+    for _ in range(8):
+        nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(out, seq)
+
+
+def test_generate_sampling_is_seeded_and_in_vocab():
+    model = tiny_model("ms", dtype=torch.float32)
+    prompt = torch.randint(0, 37, (1, 3))
+    a = model.generate(prompt, 10, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(1))
+    b = model.generate(prompt, 10, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (1, 13) and int(a.max()) < 37
+
+
+def test_block_letters_cover_every_kind():
+    from typing import get_args
+
+    from xlstm_lm.config import BlockKind
+
+    assert sorted(BLOCK_LETTERS.values()) == sorted(get_args(BlockKind))
+
+
+def test_bf16_forward_is_finite_and_close_to_fp32():
+    model = tiny_model("msx", dtype=torch.float32)
+    ids = torch.randint(0, 37, (2, 24))
+    ref = model(ids).logits
+    out = model.to(torch.bfloat16)(ids).logits
+    assert out.dtype == torch.bfloat16
+    # bf16 weights and activations: ~3 significant digits per op
+    assert_close(out, ref, rtol=3e-2, atol_floor=0.0)
+
+
+def test_initialisation_follows_the_papers():
+    model = XLSTMLM(from_dict(ModelConfig, {**SMALL, "num_blocks": 3, "pattern": "msx", "mlstm7b": {"num_heads": 2}}))
+    m, s, x = model.blocks
+    assert torch.allclose(m.mlstm.fgate.bias, torch.linspace(3, 6, 2))
+    assert torch.all(m.mlstm.fgate.weight == 0) and torch.all(m.mlstm.igate.weight == 0)
+    assert torch.all(x.mlstm.igate.bias == -10.0)
+    fb = s.slstm.bias[:, 1]
+    # power-law forget-gate bias: decreasing from +5 to -7 over each head's units
+    assert fb[0, 0].item() == pytest.approx(5.0) and fb[0, -1].item() == pytest.approx(-7.0)
+    assert torch.all(s.slstm.recurrent_kernel == 0)

@@ -1,0 +1,1 @@
+"""Converters between xlstm_lm models and other implementations."""

@@ -1,0 +1,5 @@
+"""Whole language models."""
+
+from .lm import LMOutput, XLSTMLM
+
+__all__ = ["LMOutput", "XLSTMLM"]

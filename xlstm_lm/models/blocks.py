@@ -1,0 +1,122 @@
+"""Residual blocks: every block maps ``(x (B, T, D), state) -> (x', state')``.
+
+- ``MLSTMBlock``:   x + mLSTM(norm(x))                           (paper, Fig. 10)
+- ``SLSTMBlock``:   x + sLSTM(norm(x)); x + GatedMLP(norm(x))    (paper, Fig. 9)
+- ``MLSTM7BBlock``: x + mLSTM7B(rmsnorm(x)); x + SwiGLU(rmsnorm(x))
+- ``ClassicBlock``: x + RNN(norm(x)), or the plain stacked RNN (no norm, no residual)
+
+A block's state is a flat tuple of tensors (see each layer); ``None`` is the empty state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..layers.basic import GatedFFN
+from ..layers.mlstm import MLSTM7BLayer, MLSTMLayer
+from ..layers.norms import make_norm
+from ..layers.slstm import SLSTMLayer
+
+
+class MLSTMBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, idx: int):
+        super().__init__()
+        self.idx, self.num_blocks = idx, cfg.num_blocks
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.mlstm = MLSTMLayer(cfg.d_model, cfg.mlstm_inner_dim, cfg.mlstm, cfg.bias, cfg.dropout)
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.mlstm.reset_parameters(self.num_blocks)
+
+    def forward(self, x, state=None):
+        y, state = self.mlstm(self.norm(x), state)
+        return x + y, state
+
+
+class SLSTMBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, idx: int):
+        super().__init__()
+        self.idx, self.num_blocks, self.d_model = idx, cfg.num_blocks, cfg.d_model
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.slstm = SLSTMLayer(cfg.d_model, cfg.slstm, cfg.dropout)
+        self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.ffn = GatedFFN(cfg.d_model, cfg.slstm_ffn_dim, cfg.slstm.ffn_act, cfg.bias, cfg.dropout)
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.ffn_norm.reset_parameters()
+        self.slstm.reset_parameters(self.idx, self.num_blocks)
+        self.ffn.reset_parameters(self.d_model, self.num_blocks)
+
+    def forward(self, x, state=None):
+        y, state = self.slstm(self.norm(x), state)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), state
+
+
+class MLSTM7BBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, idx: int):
+        super().__init__()
+        self.idx, self.num_blocks, self.d_model = idx, cfg.num_blocks, cfg.d_model
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.mlstm = MLSTM7BLayer(
+            cfg.d_model, cfg.mlstm7b_qk_dim, cfg.mlstm7b_v_dim, cfg.mlstm7b, cfg.norm_eps, cfg.bias
+        )
+        self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.ffn = GatedFFN(cfg.d_model, cfg.mlstm7b_ffn_dim, "swish", cfg.bias, cfg.dropout)
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.ffn_norm.reset_parameters()
+        self.mlstm.reset_parameters(self.num_blocks)
+        self.ffn.reset_parameters(self.d_model, self.num_blocks)
+
+    def forward(self, x, state=None):
+        y, state = self.mlstm(self.norm(x), state)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), state
+
+
+class ClassicBlock(nn.Module):
+    """A classic recurrent layer as a block: pre-norm residual, or (residual=False)
+    the plain stacked RNN of Zaremba et al. where the layer output is the next input."""
+
+    def __init__(self, cfg: ModelConfig, idx: int, kind: str):
+        super().__init__()
+        from ..layers import classic
+
+        cells = {
+            "elman": classic.ElmanRNN,
+            "lstm1997": classic.LSTM1997,
+            "lstm": classic.LSTMForget,
+            "peephole": classic.PeepholeLSTM,
+            "gru": classic.GRU,
+            "cudnn_lstm": classic.CuDNNLSTM,
+        }
+        self.kind, self.residual = kind, cfg.classic.residual
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if self.residual else nn.Identity()
+        self.cell = cells[kind](cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.classic.dropout)
+
+    def reset_parameters(self) -> None:
+        if self.residual:
+            self.norm.reset_parameters()
+        self.cell.reset_parameters()
+
+    def forward(self, x, state=None):
+        y, state = self.cell(self.norm(x), state)
+        y = self.dropout(y)
+        return (x + y if self.residual else y), tuple(state)
+
+
+def build_block(cfg: ModelConfig, idx: int, kind: str) -> nn.Module:
+    if kind == "mlstm":
+        return MLSTMBlock(cfg, idx)
+    if kind == "slstm":
+        return SLSTMBlock(cfg, idx)
+    if kind == "mlstm7b":
+        return MLSTM7BBlock(cfg, idx)
+    return ClassicBlock(cfg, idx, kind)
