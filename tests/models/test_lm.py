@@ -201,3 +201,11 @@ def test_initialisation_follows_the_papers():
     # power-law forget-gate bias: decreasing from +5 to -7 over each head's units
     assert fb[0, 0].item() == pytest.approx(5.0) and fb[0, -1].item() == pytest.approx(-7.0)
     assert torch.all(s.slstm.recurrent_kernel == 0)
+
+
+def test_output_unpacks_as_logits_and_state():
+    model = tiny_model("ms")
+    ids = torch.randint(0, 37, (1, 6))
+    logits, state = model(ids[:, :3])
+    logits2, _ = model(ids[:, 3:], state)
+    assert_close(torch.cat([logits, logits2], 1), model(ids).logits, rtol=1e-10, atol_floor=1e-12)

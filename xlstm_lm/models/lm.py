@@ -30,6 +30,10 @@ class LMOutput:
     loss: torch.Tensor | None
     state: State
 
+    def __iter__(self):
+        """``logits, state = model(ids)`` unpacks like a (logits, new_state) pair."""
+        return iter((self.logits, self.state))
+
 
 class XLSTMLM(nn.Module):
     def __init__(self, config: ModelConfig):
