@@ -81,6 +81,7 @@ def slstm_recurrent(
     b: torch.Tensor,
     initial_state: SLSTMState | tuple | None = None,
     forget_gate: ForgetGate = "sigmoid",
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, SLSTMState]:
     """sLSTM over a sequence.
 
@@ -89,6 +90,8 @@ def slstm_recurrent(
         R: recurrent weights ``(H, Dh, 4, Dh)``; b: bias ``(H, 4, Dh)``.
         initial_state: optional ``(h, c, n, m)``, each ``(B, H, Dh)``; None is the empty state.
         forget_gate: "sigmoid" or "exp".
+        mask: optional update mask ``(B, T)`` bool; where False the token leaves the
+            state untouched (padding) and its output is the carried h.
     Returns:
         h for every step ``(B, T, H, Dh)`` in wx's dtype, and the final state
         (float32, or float64 for float64 inputs).
@@ -104,10 +107,16 @@ def slstm_recurrent(
             if tuple(t.shape) != (B, H, Dh):
                 raise ValueError(f"sLSTM: initial state {name} must be (B, H, Dh) = {(B, H, Dh)}, got {tuple(t.shape)}")
         state = SLSTMState(*(t.to(dtype) for t in initial_state))
+    if mask is not None and tuple(mask.shape) != (B, T):
+        raise ValueError(f"sLSTM: mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
     wx, R, b = wx.to(dtype), R.to(dtype), b.to(dtype)
     hs = []
     for t in range(T):
-        state = slstm_step(wx[:, t], state, R, b, forget_gate)
+        new = slstm_step(wx[:, t], state, R, b, forget_gate)
+        if mask is not None:
+            keep = mask[:, t, None, None]
+            new = SLSTMState(*(torch.where(keep, a, o) for a, o in zip(new, state)))
+        state = new
         hs.append(state.h)
     out = torch.stack(hs, dim=1) if hs else wx.new_zeros(B, 0, H, Dh)
     return out.to(in_dtype), state

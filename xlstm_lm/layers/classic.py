@@ -89,7 +89,9 @@ class RecurrentLayer(nn.Module):
             torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype) for _ in self.state_names
         )
 
-    def forward(self, x: Tensor, state: Sequence[Tensor] | None = None) -> tuple[Tensor, State]:
+    def forward(
+        self, x: Tensor, state: Sequence[Tensor] | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor, State]:
         """Run the layer over a sequence.
 
         Args:
@@ -108,7 +110,24 @@ class RecurrentLayer(nn.Module):
             state = self._check_state(state, x)
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), state
+        if mask is not None:
+            if tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(
+                    f"{type(self).__name__}: mask must be [B, T] = {list(x.shape[:2])}, got {list(mask.shape)}"
+                )
+            return self._forward_masked(x, state, mask.bool())
         return self._forward(x, state)
+
+    def _forward_masked(self, x_BTI: Tensor, state: State, mask_BT: Tensor) -> tuple[Tensor, State]:
+        # Step one token at a time through the unmasked path and keep the old state
+        # where the mask is False.
+        h_list = []
+        for t in range(x_BTI.shape[1]):
+            _, new = self._forward(x_BTI[:, t : t + 1], state)
+            keep = mask_BT[:, t, None]
+            state = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
+            h_list.append(state[0])
+        return torch.stack(h_list, dim=1), state
 
     def _forward(self, x_BTI: Tensor, state: State) -> tuple[Tensor, State]:
         # The input projection of every timestep is one matmul; only the recurrent

@@ -18,6 +18,16 @@ from .basic import CausalConv1d, HeadwiseLinear, small_init_, soft_cap, wang_ini
 from .norms import MultiHeadLayerNorm
 
 
+def mask_gates(i: torch.Tensor, f: torch.Tensor, mask: torch.Tensor | None):
+    """Make masked-out tokens leave the memory untouched: input gate -inf (nothing
+    written), forget gate +inf (log f = 0, nothing forgotten), so C, n and m pass
+    through unchanged. i, f ``(B, H, T)``; mask ``(B, T)`` bool."""
+    if mask is None:
+        return i, f
+    keep = mask[:, None, :]
+    return i.masked_fill(~keep, float("-inf")), f.masked_fill(~keep, float("inf"))
+
+
 def run_mlstm_cell(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,10 +94,17 @@ class MLSTMLayer(nn.Module):
         nn.init.zeros_(self.igate.weight)
         nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+    def forward(
+        self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple]:
+        """x ``(B, T, D)``; mask ``(B, T)`` bool marks real tokens (False = left padding,
+        which leaves the state untouched)."""
         B, T, _ = x.shape
         conv_state, cell_state = (None, None) if state is None else (state[0], MLSTMState(*state[1:]))
         x_mlstm, z = self.proj_up(x).split(self.inner, dim=-1)
+        if mask is not None:
+            # padding feeds zeros into the conv buffer: the same as the empty buffer
+            x_mlstm = x_mlstm * mask[..., None].to(x_mlstm.dtype)
         if self.conv is not None:
             x_conv, conv_state = self.conv(x_mlstm, conv_state)
             x_conv = F.silu(x_conv)
@@ -97,6 +114,7 @@ class MLSTMLayer(nn.Module):
         gate_in = torch.cat([q, k, v], dim=-1)
         i = self.igate(gate_in).transpose(1, 2)  # (B, H, T)
         f = self.fgate(gate_in).transpose(1, 2)
+        i, f = mask_gates(i, f, mask)
         H = self.num_heads
         q, k, v = (t.view(B, T, H, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         h, cell_state = run_mlstm_cell(
@@ -140,12 +158,15 @@ class MLSTM7BLayer(nn.Module):
             self.igate.bias.fill_(self.cfg.igate_bias_init)
             self.fgate.bias.copy_(torch.linspace(*self.cfg.fgate_bias_init, self.num_heads))
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+    def forward(
+        self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple]:
         B, T, _ = x.shape
         H = self.num_heads
         q, k, v = (t.view(B, T, H, -1).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
         i = soft_cap(self.igate(x), self.cfg.gate_soft_cap).transpose(1, 2)
         f = soft_cap(self.fgate(x), self.cfg.gate_soft_cap).transpose(1, 2)
+        i, f = mask_gates(i, f, mask)
         cell_state = None if state is None else MLSTMState(*state)
         h, cell_state = run_mlstm_cell(
             q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps

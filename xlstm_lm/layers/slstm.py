@@ -56,17 +56,24 @@ class SLSTMLayer(nn.Module):
                 self.bias.uniform_(-bound, bound)
         self.out_norm.reset_parameters()
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+    def forward(
+        self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple]:
+        """x ``(B, T, D)``; mask ``(B, T)`` bool marks real tokens (False = left padding,
+        which leaves the state untouched)."""
         B, T, D = x.shape
         conv_state, cell_state = (None, None) if state is None else (state[0], SLSTMState(*state[1:]))
         if self.conv is not None:
-            x_conv, conv_state = self.conv(x, conv_state)
+            x_in = x if mask is None else x * mask[..., None].to(x.dtype)
+            x_conv, conv_state = self.conv(x_in, conv_state)
             x_conv = F.silu(x_conv)
         else:
             x_conv, conv_state = x, x.new_zeros(B, 0, D)
         gates = torch.stack(
             [self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2
         ).view(B, T, 4, self.num_heads, self.head_dim)
-        y, cell_state = slstm_recurrent(gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate)
+        y, cell_state = slstm_recurrent(
+            gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask
+        )
         y = self.out_norm(self.dropout(y))  # (B, T, D)
         return y, (conv_state, *cell_state)

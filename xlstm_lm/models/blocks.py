@@ -6,6 +6,7 @@
 - ``ClassicBlock``: x + RNN(norm(x)), or the plain stacked RNN (no norm, no residual)
 
 A block's state is a flat tuple of tensors (see each layer); ``None`` is the empty state.
+``mask (B, T)`` marks real tokens; masked (left-padding) tokens leave the state untouched.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class MLSTMBlock(nn.Module):
         self.norm.reset_parameters()
         self.mlstm.reset_parameters(self.num_blocks)
 
-    def forward(self, x, state=None):
-        y, state = self.mlstm(self.norm(x), state)
+    def forward(self, x, state=None, mask=None):
+        y, state = self.mlstm(self.norm(x), state, mask)
         return x + y, state
 
 
@@ -51,8 +52,8 @@ class SLSTMBlock(nn.Module):
         self.slstm.reset_parameters(self.idx, self.num_blocks)
         self.ffn.reset_parameters(self.d_model, self.num_blocks)
 
-    def forward(self, x, state=None):
-        y, state = self.slstm(self.norm(x), state)
+    def forward(self, x, state=None, mask=None):
+        y, state = self.slstm(self.norm(x), state, mask)
         x = x + y
         return x + self.ffn(self.ffn_norm(x)), state
 
@@ -74,8 +75,8 @@ class MLSTM7BBlock(nn.Module):
         self.mlstm.reset_parameters(self.num_blocks)
         self.ffn.reset_parameters(self.d_model, self.num_blocks)
 
-    def forward(self, x, state=None):
-        y, state = self.mlstm(self.norm(x), state)
+    def forward(self, x, state=None, mask=None):
+        y, state = self.mlstm(self.norm(x), state, mask)
         x = x + y
         return x + self.ffn(self.ffn_norm(x)), state
 
@@ -106,8 +107,8 @@ class ClassicBlock(nn.Module):
             self.norm.reset_parameters()
         self.cell.reset_parameters()
 
-    def forward(self, x, state=None):
-        y, state = self.cell(self.norm(x), state)
+    def forward(self, x, state=None, mask=None):
+        y, state = self.cell(self.norm(x), state, mask)
         y = self.dropout(y)
         return (x + y if self.residual else y), tuple(state)
 

@@ -65,17 +65,28 @@ class XLSTMLM(nn.Module):
         input_ids: torch.Tensor,
         state: State | None = None,
         labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         """Run the model on ``input_ids (B, T)``, continuing from ``state`` if given.
 
         ``labels (B, T)`` are aligned with the inputs (labels[:, t] is the target of
-        position t; the caller shifts); -100 is ignored.
+        position t; the caller shifts); -100 is ignored. ``attention_mask (B, T)``
+        (1 = token, 0 = padding) makes padding tokens leave every recurrent state
+        untouched, so a left-padded batch continues exactly like each row alone
+        (padding must come before a row's tokens; the conv buffers take it as zeros).
         """
         self._check_inputs(input_ids, state, labels)
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+                )
+            mask = attention_mask.bool()
         x = self.emb_dropout(self.embedding(input_ids))
         new_state: State = []
         for b, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[b])
+            x, s = block(x, None if state is None else state[b], mask)
             new_state.append(s)
         logits = soft_cap(self.lm_head(self.final_norm(x)), self.config.logit_soft_cap)
         loss = None
