@@ -65,7 +65,12 @@ def slstm_step(
     return SLSTMState(h_new, c_new, n_new, m_new)
 
 
-def _validate(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor) -> None:
+def _validate(wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor, forget_gate: str) -> None:
+    if forget_gate not in ("sigmoid", "exp"):
+        raise ValueError(f"sLSTM: forget_gate must be 'sigmoid' or 'exp', got {forget_gate!r}")
+    for name, t in (("Wx", wx), ("R", R), ("b", b)):
+        if not t.is_floating_point():
+            raise TypeError(f"sLSTM: {name} must be a floating-point tensor, got {t.dtype}")
     if wx.dim() != 5 or wx.shape[2] != 4:
         raise ValueError(f"sLSTM: Wx must be (B, T, 4, H, Dh) in gate order i, f, z, o; got {tuple(wx.shape)}")
     _, _, _, H, Dh = wx.shape
@@ -96,7 +101,7 @@ def slstm_recurrent(
         h for every step ``(B, T, H, Dh)`` in wx's dtype, and the final state
         (float32, or float64 for float64 inputs).
     """
-    _validate(wx, R, b)
+    _validate(wx, R, b, forget_gate)
     B, T, _, H, Dh = wx.shape
     in_dtype = wx.dtype
     dtype = compute_dtype(in_dtype)
