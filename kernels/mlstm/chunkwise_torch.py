@@ -18,14 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import MLSTMState, compute_dtype, prepare_state, validate_inputs
+from .common import MLSTMState, compute_dtype, prepare_state, validate_inputs, validate_reset
 from .parallel import mlstm_parallel_core
 
 
-def _chunk_states(k, v, i, logf, state: MLSTMState) -> tuple[MLSTMState, MLSTMState]:
+def _chunk_states(k, v, i, logf, state: MLSTMState, reset=None) -> tuple[MLSTMState, MLSTMState]:
     """Memory at the start of every chunk, and the final memory.
 
-    Shapes: k ``(B, H, NC, L, Dqk)``, v ``(B, H, NC, L, Dv)``, i, logf ``(B, H, NC, L)``.
+    Shapes: k ``(B, H, NC, L, Dqk)``, v ``(B, H, NC, L, Dv)``, i, logf ``(B, H, NC, L)``,
+    reset (optional bool) ``(B, 1, NC, L)``.
     Returns states with a chunk axis: C ``(B, H, NC, Dqk, Dv)``, n ``(B, H, NC, Dqk)``, m ``(B, H, NC)``.
     """
     C, n, m = state
@@ -34,14 +35,31 @@ def _chunk_states(k, v, i, logf, state: MLSTMState) -> tuple[MLSTMState, MLSTMSt
     g = cum[..., -1]  # total log decay over each chunk
     # log weight of token j inside its chunk as seen from the chunk end
     log_a = g[..., None] - cum + i  # (B, H, NC, L)
+    if reset is not None:
+        seg = torch.cumsum(reset.to(torch.int32), dim=-1)  # (B, 1, NC, L)
+        # only tokens from the chunk's last reset on reach the chunk end
+        log_a = log_a.masked_fill(seg != seg[..., -1:], float("-inf"))
+        has_reset = (seg[..., -1] > 0).expand_as(g)  # (B, H, NC)
+        # stabiliser base after the last reset r: the empty memory (m = 0) decayed by F_end - F_{r-1}
+        excl = F.pad(cum[..., :-1], (1, 0))
+        pos = torch.arange(cum.shape[-1], device=cum.device)
+        last_reset = torch.where(reset, pos, -1).amax(dim=-1, keepdim=True).expand_as(g[..., None])
+        g_reset = g - torch.gather(excl, -1, last_reset.clamp(min=0)).squeeze(-1)  # (B, H, NC)
     a_max = log_a.amax(dim=-1)  # (B, H, NC)
     Cs, ns, ms = [], [], []
     for c in range(NC):
         Cs.append(C)
         ns.append(n)
         ms.append(m)
-        m_next = torch.maximum(g[..., c] + m, a_max[..., c])
-        decay = torch.exp(g[..., c] + m - m_next)
+        if reset is None:
+            m_next = torch.maximum(g[..., c] + m, a_max[..., c])
+            decay = torch.exp(g[..., c] + m - m_next)
+        else:
+            r = has_reset[..., c]
+            m_next = torch.maximum(torch.where(r, g_reset[..., c], g[..., c] + m), a_max[..., c])
+            # -inf inside the exp (not a where on its output): exp of the unused branch may
+            # overflow, and where() would turn its 0 * inf gradient into NaN
+            decay = torch.exp(torch.where(r, float("-inf"), g[..., c] + m - m_next))
         a = torch.exp(log_a[..., c, :] - m_next[..., None])  # (B, H, L)
         k_a = k[:, :, c] * a[..., None]
         C = decay[..., None, None] * C + k_a.transpose(-1, -2) @ v[:, :, c]
@@ -61,6 +79,7 @@ def mlstm_chunkwise_torch(
     return_last_state: bool = False,
     chunk_size: int = 64,
     eps: float = 1e-6,
+    reset: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MLSTMState]:
     """mLSTM over a sequence in the chunkwise-parallel form.
 
@@ -69,6 +88,8 @@ def mlstm_chunkwise_torch(
         initial_state: optional ``(C (B, H, Dqk, Dv), n (B, H, Dqk), m (B, H))``.
         return_last_state: also return the final state.
         chunk_size: tokens per chunk (any positive integer; T need not be a multiple).
+        reset: optional bool ``(B, T)``, True where a token starts a new document
+            (see ``naive.mlstm_recurrent``); resets may sit anywhere, also on chunk borders.
     Returns:
         h ``(B, H, T, Dv)`` in q's dtype (and the final state in float32/float64).
     """
@@ -79,6 +100,7 @@ def mlstm_chunkwise_torch(
     Dv = v.shape[-1]
     in_dtype = q.dtype
     dtype = compute_dtype(in_dtype)
+    validate_reset(reset, (B, T), q.device)
     state = prepare_state(initial_state, B, H, Dqk, Dv, dtype, q.device)
     if T == 0:
         h = v.new_zeros(B, H, 0, Dv)
@@ -91,10 +113,14 @@ def mlstm_chunkwise_torch(
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         i = F.pad(i, (0, pad), value=float("-inf"))
         logf = F.pad(logf, (0, pad), value=0.0)
+        if reset is not None:
+            reset = F.pad(reset, (0, pad), value=False)
     NC = (T + pad) // L
     q, k, v = (t.reshape(B, H, NC, L, t.shape[-1]) for t in (q, k, v))
     i, logf = (t.reshape(B, H, NC, L) for t in (i, logf))
-    starts, last = _chunk_states(k, v, i, logf, state)
-    h, _ = mlstm_parallel_core(q, k, v, i, logf, starts, eps)
+    if reset is not None:
+        reset = reset.reshape(B, 1, NC, L)
+    starts, last = _chunk_states(k, v, i, logf, state, reset)
+    h, _ = mlstm_parallel_core(q, k, v, i, logf, starts, eps, reset)
     h = h.reshape(B, H, NC * L, Dv)[:, :, :T].to(in_dtype)
     return (h, last) if return_last_state else h

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -55,3 +56,31 @@ def prepare_state(state, B: int, H: int, Dqk: int, Dv: int, dtype: torch.dtype, 
                 f"mLSTM: initial state {name} must have shape {expected[name]}, got {tuple(t.shape)}"
             )
     return MLSTMState(C.to(dtype), n.to(dtype), m.to(dtype))
+
+
+def validate_reset(reset, shape: tuple[int, ...], device) -> None:
+    """Check a document-boundary mask: bool of ``shape`` ((B, T) for sequences, (B,) for a step).
+
+    ``reset[b, t] = True`` means token t starts a new document: the memory entering
+    token t is replaced by the empty memory (C = 0, n = 0, m = 0).
+    """
+    if reset is None:
+        return
+    if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
+        got = reset.dtype if isinstance(reset, torch.Tensor) else type(reset).__name__
+        raise TypeError(f"mLSTM: reset must be a bool tensor of shape {tuple(shape)}, got {got}")
+    if tuple(reset.shape) != tuple(shape):
+        raise ValueError(f"mLSTM: reset must have shape {tuple(shape)}, got {tuple(reset.shape)}")
+    if reset.device != torch.device(device):
+        raise ValueError(f"mLSTM: reset is on {reset.device} but the inputs are on {device}; move it to {device}")
+
+
+def exp_neg_m(m: torch.Tensor) -> torch.Tensor:
+    """exp(-m) for the normaliser floor max(|n.q|, exp(-m)), capped at exp(log(max)/2).
+
+    When every input gate so far is tiny the stabiliser m is very negative and exp(-m)
+    overflows; h is ~0 either way, but the backward pass would multiply 0 by inf.
+    Capping keeps exp(-m) and its square finite; it only changes h where h ~ 0.
+    """
+    cap = 0.5 * math.log(torch.finfo(m.dtype).max)
+    return torch.exp(torch.clamp(-m, max=cap))

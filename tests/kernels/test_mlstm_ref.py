@@ -375,14 +375,6 @@ def test_extreme_gates_gradients_finite(form, dname, i_mode, f_mode):
         assert torch.isfinite(g).all(), f"d{name} not finite"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "kernel bug: when the stabiliser m falls below log(float max) (~ -88 fp32, -709 fp64), "
-        "e.g. i = f = -1e4 at the first token, exp(-m) = inf in the denominator "
-        "max(|n.q|, exp(-m)); h = 0 is fine but backward gives 0 * inf = NaN for di, df"
-    ),
-)
 @pytest.mark.parametrize("form", [pytest.param(f, id=f"{f}-isign-fsign-B2-T19-H2-Dqk4-Dv3-C4-fp32") for f in FORMS])
 def test_extreme_gates_gradients_finite_both_signs(form):
     case, x, state = _extreme_inputs(torch.float32, "sign", "sign", with_state=False)
