@@ -177,6 +177,10 @@ class ModelConfig:
     """Apply dropout to the embedding output."""
     logit_soft_cap: float | None = None
     """Soft cap c * tanh(logits / c) on the output logits (xLSTM-7B: 30)."""
+    kernel_backend: Literal["auto", "triton", "torch"] = "auto"
+    """Cell kernels: 'triton' (fused Triton kernels), 'torch' (the PyTorch reference
+    forms chosen by mlstm.backend), or 'auto' (Triton on CUDA tensors when triton is
+    installed, the references elsewhere)."""
     init: Literal["xlstm", "torch"] = "xlstm"
     """Initialisation: the papers' (small_init / wang_init / gate biases) or torch defaults."""
     mlstm: MLSTMConfig = field(default_factory=MLSTMConfig)

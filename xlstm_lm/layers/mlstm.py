@@ -28,6 +28,21 @@ def mask_gates(i: torch.Tensor, f: torch.Tensor, mask: torch.Tensor | None):
     return i.masked_fill(~keep, float("-inf")), f.masked_fill(~keep, float("inf"))
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_kernel(kernel: str, x: torch.Tensor) -> str:
+    """'auto' -> 'triton' for CUDA tensors when triton is installed, else 'torch'."""
+    if kernel == "auto":
+        return "triton" if x.is_cuda and triton_available() else "torch"
+    return kernel
+
+
 def run_mlstm_cell(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -38,14 +53,24 @@ def run_mlstm_cell(
     backend: str,
     chunk_size: int,
     eps: float,
+    kernel: str = "torch",
 ) -> tuple[torch.Tensor, MLSTMState]:
     """Dispatch to a cell form. q, k ``(B, H, T, Dqk)``, v ``(B, H, T, Dv)``, i, f ``(B, H, T)``.
 
-    'auto' steps the recurrence for single tokens (decoding), uses the parallel form
-    up to one chunk and the chunkwise form beyond.
+    kernel 'triton': the Triton chunkwise kernels (with autograd), or the fused
+    Triton decode step for single tokens without gradients. kernel 'torch': the
+    reference form ``backend``, where 'auto' steps the recurrence for single tokens,
+    uses the parallel form up to one chunk and the chunkwise form beyond.
     """
+    T = q.shape[2]
+    if resolve_kernel(kernel, q) == "triton":
+        if T == 1 and state is not None and not torch.is_grad_enabled():
+            from xlstm_lm_kernels.mlstm import mlstm_step_triton
+
+            h, new = mlstm_step_triton(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, eps)
+            return h[:, :, None], new
+        return mlstm(q, k, v, i, f, state, True, "triton", chunk_size, eps)
     if backend == "auto":
-        T = q.shape[2]
         backend = "recurrent" if T == 1 else "parallel" if T <= chunk_size else "chunkwise"
     return mlstm(q, k, v, i, f, state, True, backend, chunk_size, eps)
 
@@ -58,9 +83,11 @@ class MLSTMLayer(nn.Module):
     State: ``(conv (B, K-1, inner), C, n, m)``.
     """
 
-    def __init__(self, d_model: int, inner: int, cfg: MLSTMConfig, bias: bool = False, dropout: float = 0.0):
+    def __init__(
+        self, d_model: int, inner: int, cfg: MLSTMConfig, bias: bool = False, dropout: float = 0.0, kernel: str = "auto"
+    ):
         super().__init__()
-        self.cfg, self.d_model, self.inner = cfg, d_model, inner
+        self.cfg, self.d_model, self.inner, self.kernel = cfg, d_model, inner, kernel
         self.num_heads = cfg.num_heads
         self.proj_up = nn.Linear(d_model, 2 * inner, bias=bias)
         nb = inner // cfg.qkv_blocksize
@@ -118,7 +145,7 @@ class MLSTMLayer(nn.Module):
         H = self.num_heads
         q, k, v = (t.view(B, T, H, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         h, cell_state = run_mlstm_cell(
-            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps
+            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps, self.kernel
         )
         h = self.out_norm(h.transpose(1, 2))  # (B, T, inner)
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
@@ -131,9 +158,18 @@ class MLSTM7BLayer(nn.Module):
     soft-capped input/forget gates, mLSTM cell, per-head LayerNorm, sigmoid output
     gate, output projection. State: ``(C, n, m)``."""
 
-    def __init__(self, d_model: int, qk_dim: int, v_dim: int, cfg: MLSTM7BConfig, norm_eps: float, bias: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        qk_dim: int,
+        v_dim: int,
+        cfg: MLSTM7BConfig,
+        norm_eps: float,
+        bias: bool = False,
+        kernel: str = "auto",
+    ):
         super().__init__()
-        self.cfg, self.d_model = cfg, d_model
+        self.cfg, self.d_model, self.kernel = cfg, d_model, kernel
         self.num_heads = cfg.num_heads
         self.q = nn.Linear(d_model, qk_dim, bias=bias)
         self.k = nn.Linear(d_model, qk_dim, bias=bias)
@@ -169,7 +205,7 @@ class MLSTM7BLayer(nn.Module):
         i, f = mask_gates(i, f, mask)
         cell_state = None if state is None else MLSTMState(*state)
         h, cell_state = run_mlstm_cell(
-            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps
+            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps, self.kernel
         )
         h = self.out_norm(h.transpose(1, 2))  # (B, T, v_dim)
         y = self.out_proj(torch.sigmoid(self.ogate(x)) * h)

@@ -26,7 +26,9 @@ class MLSTMBlock(nn.Module):
         super().__init__()
         self.idx, self.num_blocks = idx, cfg.num_blocks
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mlstm = MLSTMLayer(cfg.d_model, cfg.mlstm_inner_dim, cfg.mlstm, cfg.bias, cfg.dropout)
+        self.mlstm = MLSTMLayer(
+            cfg.d_model, cfg.mlstm_inner_dim, cfg.mlstm, cfg.bias, cfg.dropout, cfg.kernel_backend
+        )
 
     def reset_parameters(self) -> None:
         self.norm.reset_parameters()
@@ -64,7 +66,7 @@ class MLSTM7BBlock(nn.Module):
         self.idx, self.num_blocks, self.d_model = idx, cfg.num_blocks, cfg.d_model
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.mlstm = MLSTM7BLayer(
-            cfg.d_model, cfg.mlstm7b_qk_dim, cfg.mlstm7b_v_dim, cfg.mlstm7b, cfg.norm_eps, cfg.bias
+            cfg.d_model, cfg.mlstm7b_qk_dim, cfg.mlstm7b_v_dim, cfg.mlstm7b, cfg.norm_eps, cfg.bias, cfg.kernel_backend
         )
         self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.ffn = GatedFFN(cfg.d_model, cfg.mlstm7b_ffn_dim, "swish", cfg.bias, cfg.dropout)
