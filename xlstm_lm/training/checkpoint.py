@@ -1,0 +1,152 @@
+"""Checkpoints: ``run_dir/checkpoints/step_XXXXXXX/`` plus a ``latest`` pointer file.
+
+A checkpoint folder holds:
+
+* ``model.safetensors``: the model weights;
+* ``trainer_state.pt``: step, optimizer state, RNG states, the training-window
+  generator state (``torch.save``; loaded with ``weights_only=True``);
+* ``config.yaml``: the fully resolved run config;
+* ``tokenizer/``: the tokenizer (``load_tokenizer`` reads it).
+
+It is written into a temporary folder that is renamed into place when complete;
+``checkpoints/latest`` (the folder's name) is replaced atomically afterwards, so a
+crash at any point leaves ``latest`` naming a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ..data.tokenizers import Tokenizer
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+_STEP_RE = re.compile(r"^step_(\d{7,})$")
+
+
+def _plain(x: Any) -> Any:
+    """Tuples -> lists, recursively (yaml.safe_dump cannot write tuples)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def dump_config(config: dict[str, Any], path: Path) -> None:
+    """Write a plain config dict as YAML (keys in definition order)."""
+    path.write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    tokenizer: Tokenizer,
+    keep_last: int,
+) -> Path:
+    """Write checkpoint ``step`` atomically, point ``latest`` at it, keep the newest ``keep_last``."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp_step_{step:07d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / MODEL_FILE))
+    torch.save({"step": step, **state}, tmp / STATE_FILE)
+    dump_config(config, tmp / CONFIG_FILE)
+    tokenizer.save(tmp / TOKENIZER_DIR)
+    if final.exists():
+        # Same step saved before (e.g. an earlier run stopped here): replace it.
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer_tmp = root / f".{LATEST}.tmp{os.getpid()}"
+    pointer_tmp.write_text(final.name + "\n")
+    os.replace(pointer_tmp, root / LATEST)
+    prune_checkpoints(run_dir, keep_last)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``latest`` names (None when the run has none)."""
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(
+            f"{pointer} names {path.name}, which is missing or incomplete; point it at one of "
+            f"{[p.name for p in list_checkpoints(run_dir)]} or start a new run dir"
+        )
+    return path
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints (never the one ``latest`` names)."""
+    checkpoints = list_checkpoints(run_dir)
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    protected = pointer.read_text().strip() if pointer.is_file() else None
+    for path in checkpoints[: max(0, len(checkpoints) - keep_last)]:
+        if path.name != protected:
+            shutil.rmtree(path)
+
+
+def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """The trainer state dict saved by ``save_checkpoint`` (includes 'step')."""
+    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
+    """Load the checkpoint's weights into ``model`` (strict: names and shapes must match)."""
+    missing, unexpected = load_model(model, str(Path(path) / MODEL_FILE), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}; was it written by another model version?"
+        )
+
+
+def load_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The resolved run config (plain dict) saved with the checkpoint."""
+    return yaml.safe_load((Path(path) / CONFIG_FILE).read_text())
+
+
+__all__ = [
+    "CHECKPOINTS",
+    "CONFIG_FILE",
+    "LATEST",
+    "TOKENIZER_DIR",
+    "dump_config",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint_config",
+    "load_checkpoint_state",
+    "load_checkpoint_weights",
+    "prune_checkpoints",
+    "save_checkpoint",
+]

@@ -1,0 +1,99 @@
+"""Command line of ``train.py``: config file + ``key=value`` overrides -> ``train``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config_utils import ConfigError, apply_overrides, load_yaml
+from ..data.corpus import DataError
+from .checkpoint import latest_checkpoint, load_checkpoint_config
+from .config import TrainConfig
+from .trainer import TrainingDiverged, train
+
+EXAMPLES = """\
+examples:
+  python train.py                                   # tiny model, built-in corpus, CPU, a few minutes
+  python train.py --data my_texts/ --run-dir runs/mine
+  python train.py --config configs/tiny.yaml train.max_steps=100 model.d_model=64
+  python train.py --data book.txt data.tokenizer=sentencepiece data.sp_vocab_size=2048
+  python train.py --run-dir runs/mine --resume      # continue from runs/mine/checkpoints/latest
+  python train.py --run-dir runs/mine --resume train.max_steps=5000   # ... and train longer
+
+model.vocab_size, when the config does not state it, is taken from the tokenizer.
+Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.
+On a CPU shared with other jobs, OMP_NUM_THREADS=1 can be much faster for small models.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train an xLSTM (or classic LSTM) language model.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="YAML run config (default: configs/tiny.yaml; with --resume: the run's saved config)",
+    )
+    parser.add_argument("--data", default=None, help="text file or folder of text files (sets data.path)")
+    parser.add_argument("--run-dir", default=None, help="folder for checkpoints and metrics (sets train.run_dir)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in the run dir from its latest checkpoint")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4 model.num_blocks=2")
+    return parser
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    section = raw.get(name)
+    if section is None:
+        section = raw[name] = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config section {name!r} must be a mapping, got {section!r}")
+    return section
+
+
+def _apply_cli(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    raw = apply_overrides(raw, args.overrides)
+    # Set directly, not via apply_overrides: a path must not be parsed as YAML.
+    if args.data is not None:
+        _section(raw, "data")["path"] = args.data
+    if args.run_dir is not None:
+        _section(raw, "train")["run_dir"] = args.run_dir
+    return raw
+
+
+def load_raw_config(args: argparse.Namespace, default_config: Path) -> dict[str, Any]:
+    """The plain config dict of a command line (YAML file + overrides + --data/--run-dir)."""
+    if args.config is not None:
+        return _apply_cli(load_yaml(args.config), args)
+    raw = _apply_cli(load_yaml(default_config), args)
+    if args.resume:
+        ckpt = latest_checkpoint(_section(raw, "train").get("run_dir", TrainConfig.run_dir))
+        if ckpt is not None:
+            return _apply_cli(load_checkpoint_config(ckpt), args)
+    return raw
+
+
+def main(argv: list[str] | None = None, default_config: str | Path = "configs/tiny.yaml") -> int:
+    """Parse ``argv``, train, and return the process exit code (0 done, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        raw = load_raw_config(args, Path(default_config))
+        result = train(raw, resume=args.resume)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C before the training loop (or pressed twice): nothing new to save.
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 130 if result.interrupted else 0
+
+
+__all__ = ["build_parser", "load_raw_config", "main"]

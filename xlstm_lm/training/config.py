@@ -1,0 +1,191 @@
+"""Run configuration: model + training + data, one typed tree loaded from YAML.
+
+``RunConfig`` is what ``train.py`` reads (``configs/*.yaml`` plus ``key=value``
+overrides) and what every checkpoint stores, fully resolved, as ``config.yaml``.
+
+Vocabulary-size rule: the tokenizer is only known once the data is read, so the
+run-config resolution step (``resolve_vocab_size``, called by the trainer before
+the model is built) decides ``model.vocab_size``:
+
+* not given in the config, or given as ModelConfig's default (256, the byte
+  vocabulary): it follows the tokenizer, i.e. is set to the tokenizer's
+  vocabulary size;
+* any other value is kept and must be >= the tokenizer's vocabulary size (extra
+  rows are never predicted by the data); a smaller value is an error that names
+  both numbers and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from ..config import ModelConfig
+from ..config_utils import ConfigError, check, from_dict, to_dict
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation, checkpointing and sampling of one training run."""
+
+    max_steps: int = 1000
+    """Number of optimizer steps of the whole run (a resume continues up to it)."""
+    batch_size: int = 16
+    """Sequences per optimizer step."""
+    seq_len: int = 256
+    """Tokens per training sequence (each window holds seq_len + 1 tokens)."""
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = 1e-4
+    """Learning rate at max_steps for the cosine and linear schedules."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0 to lr."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine or linear down to min_lr, or constant at lr."""
+    weight_decay: float = 0.1
+    """AdamW decay of weight matrices (never of biases, norms, embeddings or 1-d params)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this value (None: no clipping)."""
+    eval_every: int = 200
+    """Evaluate on the validation split every this many steps (and at the end)."""
+    eval_batches: int = 20
+    """Batches of batch_size fixed validation windows per evaluation."""
+    log_every: int = 10
+    """Append the mean training loss to metrics.jsonl every this many steps."""
+    save_every: int = 500
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_last: int = 3
+    """Keep only the newest this many checkpoints."""
+    seed: int = 0
+    """Seed of model initialisation, dropout and the order of training windows."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; auto picks cuda when available, else cpu."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype; bfloat16 runs under autocast with float32 weights and optimizer."""
+    run_dir: str = "runs/default"
+    """Folder of checkpoints, metrics.jsonl, the tokenizer and the token cache."""
+    sample_tokens: int = 200
+    """Tokens generated from sample_prompt at the end of training (0: no sample)."""
+    sample_prompt: str = "def "
+    """Prompt of the final sample generation."""
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "seq_len", "eval_every", "eval_batches",
+                     "log_every", "save_every", "keep_last"):
+            value = getattr(self, name)
+            check(value > 0, f"train.{name} must be positive, got {value}")
+        check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
+        check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr={self.lr}], got {self.min_lr}")
+        check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"train.betas must be two numbers in [0, 1), got {list(self.betas)}",
+        )
+        check(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"train.grad_clip must be positive or null (no clipping), got {self.grad_clip}",
+        )
+        check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
+        check(self.run_dir != "", "train.run_dir must not be empty")
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from and how it is tokenized.
+
+    A folder is read recursively: every file ending in .txt, .md, .rst or .py
+    (hidden files and folders skipped), in sorted path order, each one document.
+    """
+
+    path: str | None = None
+    """A text file or a folder of text files; None: the built-in Python-stdlib corpus."""
+    tokenizer: str = "byte"
+    """'byte' (UTF-8 bytes), 'sentencepiece' (trained on the training split), or a
+    Hugging Face tokenizer name or local path."""
+    sp_vocab_size: int = 1024
+    """Vocabulary size of the sentencepiece tokenizer (an upper bound on tiny corpora)."""
+    val_fraction: float = 0.05
+    """Fraction of the corpus (in bytes, from the end) held out for validation."""
+    max_bytes: int | None = None
+    """Read at most this many bytes of the corpus (None: all of a user corpus, 4 MB of the built-in one)."""
+
+    def __post_init__(self):
+        check(self.path != "", "data.path must be a file or folder, or null for the built-in corpus; got ''")
+        check(self.tokenizer != "", "data.tokenizer must be 'byte', 'sentencepiece' or a Hugging Face tokenizer")
+        check(
+            self.sp_vocab_size >= 300,
+            f"data.sp_vocab_size must be >= 300 (256 byte-fallback pieces + specials + merges), got {self.sp_vocab_size}",
+        )
+        check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        check(
+            self.max_bytes is None or self.max_bytes > 0,
+            f"data.max_bytes must be positive or null (read everything), got {self.max_bytes}",
+        )
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs: model, optimisation, data."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The language model."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, evaluation and checkpointing."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Corpus and tokenizer."""
+
+
+def build_run_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a plain dict (YAML + overrides) into a RunConfig; ConfigError names bad keys."""
+    return from_dict(RunConfig, raw)
+
+
+def vocab_size_is_explicit(raw: dict[str, Any]) -> bool:
+    """Whether the raw config fixes model.vocab_size (absent or the default: it follows the tokenizer)."""
+    model = raw.get("model") or {}
+    default = next(f.default for f in fields(ModelConfig) if f.name == "vocab_size")
+    return isinstance(model, dict) and model.get("vocab_size", default) != default
+
+
+def resolve_vocab_size(cfg: RunConfig, tokenizer_vocab_size: int, explicit: bool) -> RunConfig:
+    """Apply the vocabulary-size rule of this module; returns a new RunConfig."""
+    if not explicit:
+        return replace(cfg, model=replace(cfg.model, vocab_size=tokenizer_vocab_size))
+    if cfg.model.vocab_size < tokenizer_vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary of "
+            f"{tokenizer_vocab_size} tokens (data.tokenizer={cfg.data.tokenizer!r}); "
+            f"set model.vocab_size={tokenizer_vocab_size} (or larger), or remove it from the config "
+            "to take the tokenizer's size"
+        )
+    return cfg
+
+
+def config_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Human-readable 'key: a != b' lines for two (nested) dataclass configs."""
+    da, db = to_dict(a), to_dict(b)
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
+        elif x != y:
+            out.append(f"{path}: {x!r} != {y!r}")
+
+    walk(da, db, prefix)
+    return out
+
+
+__all__ = [
+    "DataConfig",
+    "RunConfig",
+    "TrainConfig",
+    "build_run_config",
+    "config_differences",
+    "resolve_vocab_size",
+    "vocab_size_is_explicit",
+]

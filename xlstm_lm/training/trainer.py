@@ -1,0 +1,477 @@
+"""The training loop: data -> model -> AdamW, with evaluation, checkpoints and resume.
+
+``train(raw_config)`` runs a whole job; its steps, in order:
+
+1. validate the config (unknown keys and bad values fail here, before any work);
+2. find the run's ``latest`` checkpoint (``resume``) or refuse to overwrite one;
+3. read and split the corpus, build (or, on resume, load) the tokenizer, resolve
+   ``model.vocab_size`` from it (see ``training.config``), tokenize (cached);
+4. build the model on the device, AdamW, and restore the checkpoint if resuming
+   (weights, optimizer, step, RNG and training-window generator: the continued
+   run's losses are identical to an uninterrupted one on CPU in float32);
+5. train, logging to a tqdm bar and ``run_dir/metrics.jsonl``; evaluate every
+   ``eval_every`` steps; checkpoint every ``save_every`` steps, at the end, and on
+   Ctrl-C; stop with ``TrainingDiverged`` when the loss stops being finite;
+6. print a short sample generated from ``sample_prompt``.
+
+The model is used for one device exactly as built; bfloat16 is applied here, as
+autocast around the forward pass, not inside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..config import ModelConfig
+from ..config_utils import ConfigError, to_dict
+from ..data.corpus import corpus_bytes, load_corpus, split_documents
+from ..data.dataset import TrainWindows, iter_batches, tokenize_splits, unigram_perplexity, val_windows
+from ..data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from .checkpoint import (
+    TOKENIZER_DIR,
+    latest_checkpoint,
+    load_checkpoint_config,
+    load_checkpoint_state,
+    load_checkpoint_weights,
+    save_checkpoint,
+)
+from .config import RunConfig, build_run_config, config_differences, resolve_vocab_size, vocab_size_is_explicit
+from .optim import build_optimizer, lr_at
+
+METRICS_FILE = "metrics.jsonl"
+#: Sampling temperature of the end-of-training sample.
+SAMPLE_TEMPERATURE = 0.8
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN/Inf; the message names the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to ``train`` did."""
+
+    run_dir: Path
+    step: int
+    """Optimizer steps completed in total (including those before a resume)."""
+    train_losses: list[float] = field(default_factory=list)
+    """Loss of every step this call ran, in order."""
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    unigram_ppl: float | None = None
+    """Perplexity of the add-one unigram model of the train split on the validation windows."""
+    checkpoint: Path | None = None
+    sample: str | None = None
+    interrupted: bool = False
+    wall_s: float = 0.0
+
+
+def default_model_factory(model_cfg: ModelConfig) -> nn.Module:
+    from ..models import XLSTMLM
+
+    return XLSTMLM(model_cfg)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda' but no CUDA device is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _StopFlag:
+    """Set by Ctrl-C (first press; a second one interrupts at once) or by ``stop_at_step``."""
+
+    def __init__(self):
+        self.requested = False
+
+    @contextmanager
+    def catch_sigint(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            tqdm.write("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _Metrics:
+    """Appends one JSON object per line to ``run_dir/metrics.jsonl``."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None:
+            path.write_text("")
+        elif path.is_file():
+            # Drop records written after the checkpoint we resume from; they will be redone.
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def log(self, **record: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class _Data:
+    """Everything ``train`` derives from the corpus and the tokenizer."""
+
+    tokenizer: Tokenizer
+    windows: TrainWindows
+    val: torch.Tensor
+    unigram_ppl: float
+    summary: str
+
+
+def _prepare_data(cfg: RunConfig, run_dir: Path, ckpt: Path | None) -> _Data:
+    """Read and split the corpus, get the tokenizer (trained, built, or the checkpoint's), tokenize."""
+    tc = cfg.train
+    docs = load_corpus(cfg.data.path, cfg.data.max_bytes)
+    train_docs, val_docs = split_documents(docs, cfg.data.val_fraction)
+    if ckpt is not None:
+        tokenizer = load_tokenizer(ckpt / TOKENIZER_DIR)
+    else:
+        if cfg.data.tokenizer == "sentencepiece":
+            print(f"training a sentencepiece tokenizer (vocab <= {cfg.data.sp_vocab_size}) on the train split...")
+        tokenizer = build_tokenizer(cfg.data.tokenizer, (d.text for d in train_docs), cfg.data.sp_vocab_size)
+        tokenizer.save(run_dir / TOKENIZER_DIR)
+    splits = tokenize_splits(train_docs, val_docs, tokenizer, cache_dir=run_dir / "cache")
+    windows = TrainWindows(splits.train, tc.seq_len, tc.batch_size, tc.seed, splits.train_bytes, 1 - cfg.data.val_fraction)
+    val = val_windows(splits.val, tc.seq_len, tc.eval_batches * tc.batch_size, splits.val_bytes, cfg.data.val_fraction)
+    unigram_ppl = unigram_perplexity(splits.train, val[:, 1:].numpy(), tokenizer.vocab_size)
+    source = cfg.data.path or "built-in corpus (Python stdlib sources)"
+    summary = (
+        f"data: {source}: {corpus_bytes(docs) / 1e6:.2f} MB in {len(docs)} documents -> "
+        f"{splits.train.size:,} train / {splits.val.size:,} val tokens "
+        f"({'cached' if splits.from_cache else 'tokenized'}; tokenizer {tokenizer.kind}, vocab {tokenizer.vocab_size})"
+    )
+    return _Data(tokenizer, windows, val, unigram_ppl, summary)
+
+
+def train(
+    raw_config: dict[str, Any],
+    *,
+    resume: bool = False,
+    model_factory: Callable[[ModelConfig], nn.Module] | None = None,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> TrainResult:
+    """Run (or, with ``resume``, continue) the training job described by ``raw_config``.
+
+    ``raw_config`` is the plain dict of a YAML config with overrides applied.
+    ``model_factory`` builds the model from the resolved ModelConfig (default:
+    ``XLSTMLM``). ``stop_at_step`` stops as Ctrl-C does (checkpoint, then return)
+    once that many steps are done.
+    """
+    t_start = time.time()
+    cfg = build_run_config(raw_config)
+    tc = cfg.train
+    run_dir = Path(tc.run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not resume:
+        raise ConfigError(
+            f"run dir {run_dir} already holds checkpoints (latest: {ckpt.name}); pass --resume to continue "
+            "that run, or choose a new one with --run-dir DIR"
+        )
+    if resume and ckpt is None:
+        print(f"resume: no checkpoint in {run_dir}; starting a new run there")
+    device = resolve_device(tc.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data = _prepare_data(cfg, run_dir, ckpt)
+    cfg = resolve_vocab_size(cfg, data.tokenizer.vocab_size, vocab_size_is_explicit(raw_config))
+    if ckpt is not None:
+        _check_resume_config(build_run_config(load_checkpoint_config(ckpt)), cfg, ckpt)
+
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    model = (model_factory or default_model_factory)(cfg.model).to(device)
+    optimizer = build_optimizer(model, tc)
+    step = 0
+    if ckpt is not None:
+        load_checkpoint_weights(model, ckpt)
+        state = load_checkpoint_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        data.windows.load_state_dict(state["data"])
+        _set_rng_state(state["rng"], device)
+        step = int(state["step"])
+
+    n_params, n_body = _num_params(model)
+    print(data.summary)
+    print(
+        f"model: {n_params / 1e6:.2f}M parameters ({n_body / 1e6:.2f}M without embeddings), "
+        f"vocab {cfg.model.vocab_size}; device {device}, {tc.dtype}; run dir {run_dir}"
+    )
+    print(f"unigram baseline (train-split token frequencies): val perplexity {data.unigram_ppl:.2f}")
+    metrics = _Metrics(run_dir / METRICS_FILE, resume_step=step if ckpt is not None else None)
+    if ckpt is None:
+        metrics.log(step=0, split="val", kind="unigram_baseline", ppl=data.unigram_ppl)
+    else:
+        print(f"resumed from {ckpt} at step {step}")
+
+    trainer = Trainer(cfg, model, optimizer, data.tokenizer, data.windows, data.val, device, run_dir, metrics, progress)
+    if ckpt is not None:
+        trainer.last_checkpoint, trainer.last_checkpoint_step = ckpt, step
+    result = trainer.fit(step, stop_at_step=stop_at_step)
+    result.unigram_ppl = data.unigram_ppl
+    if not result.interrupted and tc.sample_tokens > 0:
+        result.sample = trainer.sample(tc.sample_prompt, tc.sample_tokens)
+        print(f"--- sample ({tc.sample_tokens} tokens from {tc.sample_prompt!r}) ---\n{result.sample}\n---")
+    result.wall_s = time.time() - t_start
+    if result.val_loss is not None:
+        print(
+            f"done: step {result.step}, val loss {result.val_loss:.4f}, ppl {result.val_ppl:.2f} "
+            f"(unigram {data.unigram_ppl:.2f}); {result.wall_s:.0f} s; checkpoint {result.checkpoint}"
+        )
+    return result
+
+
+def _num_params(model: nn.Module) -> tuple[int, int]:
+    if hasattr(model, "num_params"):
+        return model.num_params(), model.num_params(exclude_embedding=True)
+    n = sum(p.numel() for p in model.parameters())
+    return n, n
+
+
+def _check_resume_config(saved: RunConfig, requested: RunConfig, ckpt: Path) -> None:
+    model_diffs = config_differences(saved.model, requested.model, "model")
+    if model_diffs:
+        raise ConfigError(
+            f"cannot resume from {ckpt}: the requested model config differs from the saved one "
+            f"({'; '.join(model_diffs)}). Resume with the run's own config "
+            f"(--config {ckpt / 'config.yaml'}, or no --config) or start a new --run-dir"
+        )
+    tok_diffs = [d for d in config_differences(saved.data, requested.data, "data") if d.startswith(("data.tokenizer", "data.sp_vocab"))]
+    if tok_diffs:
+        raise ConfigError(f"cannot resume from {ckpt} with another tokenizer ({'; '.join(tok_diffs)}); start a new --run-dir")
+    others = config_differences(saved.data, requested.data, "data") + config_differences(saved.train, requested.train, "train")
+    if others:
+        print(f"resume: these settings differ from the checkpoint's and take effect now: {'; '.join(others)}")
+
+
+class Trainer:
+    """Owns the step loop of one run; built by ``train``."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        tokenizer: Tokenizer,
+        windows: TrainWindows,
+        val: torch.Tensor,
+        device: torch.device,
+        run_dir: Path,
+        metrics: _Metrics | None = None,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        self.model = model
+        self.optimizer = optimizer
+        self.tokenizer = tokenizer
+        self.windows = windows
+        self.val = val
+        self.device = device
+        self.run_dir = run_dir
+        self.progress = progress
+        self.metrics = metrics
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_step = -1
+
+    def autocast(self):
+        if self.cfg.train.dtype == "bfloat16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _log(self, **record: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.log(**record)
+
+    def fit(self, start_step: int, stop_at_step: int | None = None) -> TrainResult:
+        tc = self.cfg.train
+        step = start_step
+        result = TrainResult(run_dir=self.run_dir, step=step)
+        stop = _StopFlag()
+        stop.requested = stop_at_step is not None and step >= stop_at_step
+        tokens_per_step = tc.batch_size * tc.seq_len
+        # Redraw less often when stderr is a log file rather than a terminal.
+        interactive = sys.stderr.isatty()
+        bar = tqdm(
+            total=tc.max_steps, initial=step, disable=not self.progress, dynamic_ncols=True, unit="step",
+            mininterval=0.5 if interactive else 30.0,
+        )
+        interval_losses: list[float] = []
+        t_interval = time.time()
+        step_time = None
+        self.model.train()
+        try:
+            with stop.catch_sigint():
+                while step < tc.max_steps and not stop.requested:
+                    t0 = time.time()
+                    lr = lr_at(step, tc)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = self.windows.next_batch().to(self.device)
+                    loss, grad_norm = self._train_step(batch, step)
+                    step += 1
+                    result.train_losses.append(loss)
+                    interval_losses.append(loss)
+                    bar.update(1)
+                    dt = time.time() - t0
+                    step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / max(step_time, 1e-9):,.0f}", refresh=False)
+
+                    if step % tc.log_every == 0 or step == tc.max_steps:
+                        elapsed = time.time() - t_interval
+                        self._log(
+                            step=step, split="train", tokens=step * tokens_per_step,
+                            loss=sum(interval_losses) / len(interval_losses), lr=lr,
+                            grad_norm=grad_norm, tokens_per_s=len(interval_losses) * tokens_per_step / max(elapsed, 1e-9),
+                        )
+                        interval_losses.clear()
+                        t_interval = time.time()
+                    if step % tc.eval_every == 0 or step == tc.max_steps:
+                        self._evaluate_into(result, step, bar)
+                    if step % tc.save_every == 0 or step == tc.max_steps:
+                        self.save(step)
+                    if stop_at_step is not None and step >= stop_at_step:
+                        stop.requested = True
+        finally:
+            bar.close()
+        result.step = step
+        if stop.requested and step < tc.max_steps:
+            result.interrupted = True
+            if self.last_checkpoint_step != step:
+                self.save(step)
+            print(f"stopped at step {step}; checkpoint {self.last_checkpoint}; continue with --resume")
+        else:
+            if self.last_checkpoint_step != step:
+                self.save(step)
+            if result.val_loss is None:
+                self._evaluate_into(result, step, bar)
+        result.checkpoint = self.last_checkpoint
+        return result
+
+    def _evaluate_into(self, result: TrainResult, step: int, bar: tqdm) -> None:
+        result.val_loss = self.evaluate()
+        # exp overflows past ~709; a loss that high is a diverged model anyway.
+        result.val_ppl = math.exp(min(result.val_loss, 700.0))
+        self._log(step=step, split="val", loss=result.val_loss, ppl=result.val_ppl)
+        bar.write(f"step {step}: val loss {result.val_loss:.4f}, ppl {result.val_ppl:.2f}")
+
+    def _train_step(self, batch: torch.Tensor, step: int) -> tuple[float, float | None]:
+        """One optimizer step on a (B, T + 1) token batch; returns (loss, grad norm or None)."""
+        inputs, labels = batch[:, :-1], batch[:, 1:]
+        with self.autocast():
+            loss = self.model(inputs, labels=labels).loss
+        # Read the loss every step (a device sync): a NaN must stop us before it reaches the weights.
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            self._diverged(step, f"loss is {loss_value}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if self.cfg.train.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip).item()
+            if not math.isfinite(grad_norm):
+                self._diverged(step, f"gradient norm is {grad_norm}")
+        self.optimizer.step()
+        return loss_value, grad_norm
+
+    def _diverged(self, step: int, what: str) -> None:
+        last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged at step {step + 1}: {what}; {last} (weights of this step were not updated). "
+            "Lower train.lr, raise train.warmup_steps, set train.grad_clip, or use train.dtype=float32, "
+            "then --resume or start a new --run-dir"
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean next-token cross-entropy over the fixed validation windows."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for batch in iter_batches(self.val, self.cfg.train.batch_size):
+            batch = batch.to(self.device)
+            with self.autocast():
+                loss = self.model(batch[:, :-1], labels=batch[:, 1:]).loss
+            total += loss.float().item() * batch.shape[0]
+            count += batch.shape[0]
+        self.model.train()
+        return total / count
+
+    def save(self, step: int) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(self.device),
+            "data": self.windows.state_dict(),
+        }
+        self.last_checkpoint = save_checkpoint(
+            self.run_dir, step, self.model, state, to_dict(self.cfg), self.tokenizer, self.cfg.train.keep_last
+        )
+        self.last_checkpoint_step = step
+        return self.last_checkpoint
+
+    @torch.no_grad()
+    def sample(self, prompt: str, num_tokens: int) -> str:
+        """``prompt`` followed by ``num_tokens`` sampled tokens (cut at end-of-document)."""
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            if self.tokenizer.eos_id is None:
+                return prompt
+            ids = [self.tokenizer.eos_id]
+        self.model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with self.autocast():
+            out = self.model.generate(input_ids, max_new_tokens=num_tokens, temperature=SAMPLE_TEMPERATURE, generator=generator)
+        self.model.train()
+        new = out[0, len(ids):].tolist()
+        if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in new:
+            new = new[: new.index(self.tokenizer.eos_id)]
+        # Ids past the tokenizer's vocabulary (padding rows of a larger model.vocab_size) have no text.
+        new = [i for i in new if i < self.tokenizer.vocab_size]
+        return prompt + self.tokenizer.decode(new)
+
+
+__all__ = ["METRICS_FILE", "TrainResult", "Trainer", "TrainingDiverged", "default_model_factory", "train"]
