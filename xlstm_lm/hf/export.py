@@ -1,0 +1,359 @@
+"""Export a training checkpoint as a self-contained Hugging Face model folder.
+
+``export_checkpoint(run_dir_or_checkpoint, out_dir)`` writes:
+
+* ``config.json`` (``XLSTMLMConfig`` with ``auto_map``) and ``generation_config.json``;
+* ``model.safetensors`` (tied embeddings stored once);
+* the modeling code as flat modules (``modeling_xlstm_lm.py`` and what it imports,
+  see ``bundle``), so ``AutoModelForCausalLM.from_pretrained(out_dir,
+  trust_remote_code=True)`` works where xlstm_lm is not installed;
+* tokenizer files: byte -> a ``tokenizers`` byte model (``tokenizer.json``, no
+  remote code); sentencepiece -> the ``.model`` file with ``tokenization_xlstm_lm.py``
+  (remote code, exact ids); Hugging Face -> its own ``save_pretrained`` files;
+* ``README.md``: a model card (architecture, parameters, training data, validation
+  perplexity from the run's ``metrics.jsonl`` when present).
+
+Exported models run the PyTorch reference kernels (``kernel_backend='torch'``):
+the Triton kernels are not shipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import BLOCK_LETTERS, ModelConfig
+from ..config_utils import ConfigError
+from ..data.tokenizers import ByteTokenizer, HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
+from ..training import checkpoint as ckpt_io
+from .bundle import ENTRY_MODULES, write_bundle
+from .configuration import XLSTMLMConfig, validated_model_config
+from .modeling import XLSTMLMForCausalLM
+
+AUTO_MAP = {
+    "AutoConfig": f"{ENTRY_MODULES['xlstm_lm.hf.configuration']}.XLSTMLMConfig",
+    "AutoModelForCausalLM": f"{ENTRY_MODULES['xlstm_lm.hf.modeling']}.XLSTMLMForCausalLM",
+}
+SP_TOKENIZER_MODULE = "tokenization_xlstm_lm"
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported; the message says what is missing or wrong."""
+
+
+# --- finding the checkpoint --------------------------------------------------------
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a run dir (its ``latest``, else newest) or a checkpoint folder."""
+    path = Path(path)
+    if (path / ckpt_io.MODEL_FILE).is_file():
+        return path
+    if (path / ckpt_io.CHECKPOINTS).is_dir():
+        latest = ckpt_io.latest_checkpoint(path)
+        found = latest or (ckpt_io.list_checkpoints(path) or [None])[-1]
+        if found is not None:
+            return found
+        raise ExportError(f"run dir {path} has no complete checkpoint under {ckpt_io.CHECKPOINTS}/")
+    raise ExportError(
+        f"{path} is neither a run dir (with {ckpt_io.CHECKPOINTS}/) nor a checkpoint folder (with {ckpt_io.MODEL_FILE})"
+    )
+
+
+def _checkpoint_step(ckpt: Path) -> int | None:
+    try:
+        return int(ckpt.name.split("_")[-1])
+    except ValueError:
+        return None
+
+
+def read_val_metrics(ckpt: Path) -> dict[str, Any] | None:
+    """The last validation record at or before the checkpoint's step (run_dir/metrics.jsonl)."""
+    path = ckpt.parent.parent / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    step = _checkpoint_step(ckpt)
+    best, baseline = None, None
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("split") != "val":
+            continue
+        if rec.get("kind") == "unigram_baseline":
+            baseline = rec.get("ppl")
+        elif "ppl" in rec and (step is None or rec.get("step", 0) <= step):
+            best = rec
+    if best is None:
+        return None
+    return {**best, "unigram_baseline_ppl": baseline}
+
+
+# --- model ---------------------------------------------------------------------------
+def hf_config_for(model_cfg: ModelConfig, tokenizer: Tokenizer | None) -> XLSTMLMConfig:
+    eos = tokenizer.eos_id if tokenizer is not None else None
+    return XLSTMLMConfig(model=model_cfg, eos_token_id=eos, pad_token_id=eos, bos_token_id=None)
+
+
+def load_checkpoint_as_hf(path: str | Path) -> tuple[XLSTMLMForCausalLM, Tokenizer, Path, dict[str, Any]]:
+    """``(model, tokenizer, checkpoint folder, run config)`` of a run dir or checkpoint."""
+    ckpt = resolve_checkpoint(path)
+    run_cfg = ckpt_io.load_checkpoint_config(ckpt) if (ckpt / ckpt_io.CONFIG_FILE).is_file() else None
+    if not isinstance(run_cfg, dict) or not isinstance(run_cfg.get("model"), dict):
+        raise ExportError(f"{ckpt / ckpt_io.CONFIG_FILE} is missing or has no `model:` section")
+    model_cfg = validated_model_config(run_cfg["model"])
+    tok_dir = ckpt / ckpt_io.TOKENIZER_DIR
+    try:
+        tokenizer = load_tokenizer(tok_dir)
+    except Exception as e:  # DataError, or the files of a saved tokenizer are gone
+        raise ExportError(
+            f"cannot load the checkpoint's tokenizer from {tok_dir} ({type(e).__name__}: {e}); an exported model "
+            "needs its tokenizer: copy the run's tokenizer/ folder into the checkpoint"
+        ) from None
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ExportError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model_cfg.vocab_size}; "
+            "the tokenizer does not belong to this checkpoint"
+        )
+    model = XLSTMLMForCausalLM(hf_config_for(model_cfg, tokenizer))
+    try:
+        ckpt_io.load_checkpoint_weights(model.model, ckpt)
+    except RuntimeError as e:
+        raise ExportError(
+            f"the weights in {ckpt / ckpt_io.MODEL_FILE} do not fit the architecture in its config.yaml: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    return model.eval(), tokenizer, ckpt, run_cfg
+
+
+def _for_remote_code(config: XLSTMLMConfig) -> None:
+    # The exported code ships the PyTorch reference kernels only (no Triton files).
+    if "kernel_backend" in config.model:
+        config.model = {**config.model, "kernel_backend": "torch"}
+    config.auto_map = dict(AUTO_MAP)
+    config.architectures = ["XLSTMLMForCausalLM"]
+
+
+# --- tokenizer -----------------------------------------------------------------------
+def _gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (the one ``tokenizers``' ByteLevel uses)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def byte_tokenizer_fast():
+    """A ``tokenizers`` tokenizer equal to ``ByteTokenizer``: token id = UTF-8 byte.
+
+    The ByteLevel pre-tokenizer maps the UTF-8 bytes to GPT-2's printable stand-ins,
+    a BPE model with those 256 characters and no merges gives one token per byte,
+    and the ByteLevel decoder turns them back into bytes, decoded with replacement
+    of invalid UTF-8 like ``bytes.decode(errors="replace")``. Byte 0 is the
+    end-of-document (and padding) token.
+    """
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = _gpt2_byte_chars()
+    tok = HFTok(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[], unk_token=None, fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    # split_special_tokens: text that contains the end-of-document character is encoded byte for byte
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=chars[0],
+        pad_token=chars[0],
+        split_special_tokens=True,
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> list[str]:
+    """Write HF tokenizer files for ``tokenizer`` into ``out_dir``; returns what was written."""
+    before = set(p.name for p in out_dir.iterdir())
+    if isinstance(tokenizer, ByteTokenizer):
+        byte_tokenizer_fast().save_pretrained(out_dir)
+    elif isinstance(tokenizer, SentencePieceTokenizer):
+        shutil.copyfile(Path(__file__).with_name("tokenization.py"), out_dir / f"{SP_TOKENIZER_MODULE}.py")
+        (out_dir / "sentencepiece.model").write_bytes(tokenizer._proto)
+        sp = tokenizer._sp
+        eos = sp.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else None
+        unk = sp.id_to_piece(sp.unk_id()) if sp.unk_id() >= 0 else None
+        cfg = {
+            "tokenizer_class": "XLSTMLMSentencePieceTokenizer",
+            "auto_map": {"AutoTokenizer": [f"{SP_TOKENIZER_MODULE}.XLSTMLMSentencePieceTokenizer", None]},
+            "eos_token": eos,
+            "pad_token": eos,
+            "unk_token": unk,
+            "bos_token": None,
+            "split_special_tokens": True,
+            "clean_up_tokenization_spaces": False,
+            "padding_side": "left",
+            "model_max_length": int(1e12),
+        }
+        (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    elif isinstance(tokenizer, HFTokenizer):
+        tokenizer._tok.save_pretrained(out_dir)
+    else:
+        raise ExportError(f"no Hugging Face export for tokenizer kind {tokenizer.kind!r}")
+    return sorted(set(p.name for p in out_dir.iterdir()) - before)
+
+
+# --- model card ------------------------------------------------------------------------
+def _architecture_lines(cfg: ModelConfig) -> list[str]:
+    kinds = cfg.block_kinds
+    counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
+    letter = {kind: letter for letter, kind in BLOCK_LETTERS.items()}
+    lines = [
+        f"- blocks: {cfg.num_blocks} ({', '.join(f'{n} x {k}' for k, n in counts.items())}), "
+        f"pattern `{''.join(letter[k] for k in kinds)}`",
+        f"- d_model {cfg.d_model}, vocabulary {cfg.vocab_size}, norm {cfg.norm}, "
+        f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}",
+    ]
+    if "mlstm" in counts:
+        lines.append(f"- mLSTM: {cfg.mlstm.num_heads} heads, inner dim {cfg.mlstm_inner_dim}, conv {cfg.mlstm.conv_kernel}")
+    if "slstm" in counts:
+        lines.append(f"- sLSTM: {cfg.slstm.num_heads} heads, gated MLP dim {cfg.slstm_ffn_dim}")
+    if "mlstm7b" in counts:
+        lines.append(
+            f"- xLSTM-7B mLSTM: {cfg.mlstm7b.num_heads} heads, q/k dim {cfg.mlstm7b_qk_dim}, v dim {cfg.mlstm7b_v_dim}, "
+            f"SwiGLU dim {cfg.mlstm7b_ffn_dim}"
+        )
+    return lines
+
+
+def model_card(
+    model: XLSTMLMForCausalLM,
+    tokenizer: Tokenizer | None,
+    run_cfg: dict[str, Any] | None,
+    metrics: dict[str, Any] | None,
+    source: str | None,
+) -> str:
+    cfg = model.config.model_config
+    n, n_emb = model.num_params(), model.model.embedding.weight.numel()
+    data = (run_cfg or {}).get("data") or {}
+    train = (run_cfg or {}).get("train") or {}
+    corpus = data.get("path") or ("the built-in corpus (Python standard library sources)" if run_cfg else "unknown")
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [xlstm, recurrent, custom_code]",
+        "---",
+        "",
+        "# xLSTM language model (xlstm-lm)",
+        "",
+        "A recurrent language model exported from xlstm-lm "
+        "(xLSTM blocks and classic LSTM baselines). Its modeling code is included, so it loads with "
+        "`trust_remote_code=True` without installing xlstm-lm.",
+        "",
+        "## Architecture",
+        "",
+        *_architecture_lines(cfg),
+        f"- parameters: {n:,} ({n - n_emb:,} without the embedding)",
+        "- inference keeps a constant-size recurrent state per block (no key/value cache)",
+        "",
+        "## Training",
+        "",
+        f"- data: {corpus}",
+        f"- tokenizer: {tokenizer.kind if tokenizer is not None else 'unknown'}",
+    ]
+    if train:
+        lines.append(
+            f"- steps: {train.get('max_steps')}, batch {train.get('batch_size')} x {train.get('seq_len')} tokens, "
+            f"lr {train.get('lr')}, dtype {train.get('dtype')}"
+        )
+    if source:
+        lines.append(f"- exported from checkpoint `{source}`")
+    lines += ["", "## Evaluation", ""]
+    if metrics:
+        lines.append(
+            f"Validation perplexity **{metrics['ppl']:.3f}** (loss {metrics.get('loss', float('nan')):.4f} nats per "
+            f"token) at step {metrics.get('step')}, measured during training on the held-out split "
+            f"(`metrics.jsonl`)."
+        )
+        if metrics.get("unigram_baseline_ppl") is not None:
+            lines.append(f"Unigram baseline on the same split: {metrics['unigram_baseline_ppl']:.3f}.")
+    else:
+        lines.append("No validation metrics were found next to the checkpoint.")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'model = AutoModelForCausalLM.from_pretrained("PATH", trust_remote_code=True)',
+        '# transformers >= 5 reads config.json for tokenizers too, hence trust_remote_code for both',
+        'tok = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)',
+        'print(tok.decode(model.generate(**tok("def ", return_tensors="pt"), max_new_tokens=50)[0]))',
+        "```",
+        "",
+        "Batches must be padded on the left (the tokenizer is set up so); padded positions leave the "
+        "recurrent state untouched.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- export ----------------------------------------------------------------------------
+def export_model(
+    model: XLSTMLMForCausalLM,
+    tokenizer: Tokenizer | None,
+    out_dir: str | Path,
+    run_cfg: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    source: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``model`` (+ tokenizer, code, card) as a self-contained HF folder.
+    ``dtype`` casts ``model`` in place before saving."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        model = model.to(dtype)
+    saved = copy.deepcopy(model.config)
+    try:
+        _for_remote_code(model.config)
+        gen = model.generation_config
+        gen.eos_token_id = model.config.eos_token_id
+        gen.pad_token_id = model.config.pad_token_id
+        gen.bos_token_id = model.config.bos_token_id
+        model.save_pretrained(out_dir)
+    finally:
+        # the live model keeps its own config (the export's is for remote code)
+        model.config = saved
+    write_bundle(out_dir)
+    if tokenizer is not None:
+        save_hf_tokenizer(tokenizer, out_dir)
+    (out_dir / "README.md").write_text(model_card(model, tokenizer, run_cfg, metrics, source))
+    return out_dir
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Export a run dir (its latest checkpoint) or a checkpoint folder to ``out_dir``."""
+    try:
+        model, tokenizer, ckpt, run_cfg = load_checkpoint_as_hf(path)
+    except ConfigError as e:
+        raise ExportError(f"{resolve_checkpoint(path) / ckpt_io.CONFIG_FILE}: {e}") from None
+    return export_model(model, tokenizer, out_dir, run_cfg, read_val_metrics(ckpt), str(ckpt), dtype)
+
+
+__all__ = [
+    "ExportError",
+    "byte_tokenizer_fast",
+    "export_checkpoint",
+    "export_model",
+    "load_checkpoint_as_hf",
+    "read_val_metrics",
+    "resolve_checkpoint",
+    "save_hf_tokenizer",
+]
