@@ -14,6 +14,14 @@ The empty state is h = c = n = 0 and m = -inf, so the first step sets m_1 = i_1
 (the reference ``xlstm`` code does the same by special-casing n == 0). n_t >= 1
 holds at every step (one of i'_t, f'_t is 1), so the division is always safe.
 
+Per-token controls of a sequence, both optional bool ``(B, T)``, applied in this order:
+
+* ``reset[b, t] = True``: token t starts a new document; the state entering it is
+  replaced by the empty state (so R h_{t-1} = 0 and m_{t-1} = -inf). A packed row of
+  documents gives exactly the outputs of running each document on its own.
+* ``mask[b, t] = False``: the token does not update the state (padding); the state
+  after it is the state entering it (after any reset) and its output is that h.
+
 Layout: gate pre-activations from the input ``Wx (B, T, 4, H, Dh)`` in gate order
 (i, f, z, o); recurrent weights ``R (H, Dh_in, 4, Dh_out)``; bias ``b (H, 4, Dh)``;
 state ``SLSTMState(h, c, n, m)``, each ``(B, H, Dh)``; outputs ``(B, T, H, Dh)``.
@@ -48,11 +56,45 @@ def slstm_empty_state(B: int, H: int, Dh: int, dtype=torch.float32, device=None)
     return SLSTMState(z, z.clone(), z.clone(), torch.full_like(z, float("-inf")))
 
 
-def slstm_step(
-    wx: torch.Tensor, state: SLSTMState, R: torch.Tensor, b: torch.Tensor, forget_gate: ForgetGate = "sigmoid"
-) -> SLSTMState:
-    """One sLSTM step. ``wx (B, 4, H, Dh)``, R ``(H, Dh, 4, Dh)``, b ``(H, 4, Dh)``; returns the new state."""
+def validate_token_flags(flag: torch.Tensor | None, name: str, shape: tuple[int, ...], device) -> None:
+    """Check an optional per-token bool tensor (``mask`` or ``reset``) of ``shape``."""
+    if flag is None:
+        return
+    if not isinstance(flag, torch.Tensor) or flag.dtype != torch.bool:
+        got = flag.dtype if isinstance(flag, torch.Tensor) else type(flag).__name__
+        raise TypeError(f"sLSTM: {name} must be a bool tensor of shape {tuple(shape)}, got {got}")
+    if tuple(flag.shape) != tuple(shape):
+        raise ValueError(f"sLSTM: {name} must be {tuple(shape)}, got {tuple(flag.shape)}")
+    if flag.device != torch.device(device):
+        raise ValueError(f"sLSTM: {name} is on {flag.device} but the inputs are on {device}; move it to {device}")
+
+
+def apply_reset(state: SLSTMState, reset: torch.Tensor | None) -> SLSTMState:
+    """Replace the rows of ``state`` where ``reset (B,)`` is True by the empty state."""
+    if reset is None:
+        return state
+    r = reset[:, None, None]
     h, c, n, m = state
+    return SLSTMState(
+        torch.where(r, 0.0, h), torch.where(r, 0.0, c), torch.where(r, 0.0, n), torch.where(r, float("-inf"), m)
+    )
+
+
+def slstm_step(
+    wx: torch.Tensor,
+    state: SLSTMState,
+    R: torch.Tensor,
+    b: torch.Tensor,
+    forget_gate: ForgetGate = "sigmoid",
+    reset: torch.Tensor | None = None,
+) -> SLSTMState:
+    """One sLSTM step. ``wx (B, 4, H, Dh)``, R ``(H, Dh, 4, Dh)``, b ``(H, 4, Dh)``; returns the new state.
+
+    ``reset``: optional bool ``(B,)``; rows where this token starts a new document have
+    their state replaced by the empty state (h = c = n = 0, m = -inf) before the step.
+    """
+    validate_token_flags(reset, "reset", (wx.shape[0],), wx.device)
+    h, c, n, m = apply_reset(state, reset)
     raw = wx + torch.einsum("bhk,hkgd->bghd", h, R) + b.transpose(0, 1)
     i, f, z, o = raw.unbind(dim=1)
     logf = F.logsigmoid(f) if forget_gate == "sigmoid" else f
@@ -87,6 +129,7 @@ def slstm_recurrent(
     initial_state: SLSTMState | tuple | None = None,
     forget_gate: ForgetGate = "sigmoid",
     mask: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, SLSTMState]:
     """sLSTM over a sequence.
 
@@ -97,6 +140,10 @@ def slstm_recurrent(
         forget_gate: "sigmoid" or "exp".
         mask: optional update mask ``(B, T)`` bool; where False the token leaves the
             state untouched (padding) and its output is the carried h.
+        reset: optional ``(B, T)`` bool; where True the token starts a new document: the
+            state entering it is replaced by the empty state (before ``mask`` applies, so
+            a masked reset token carries the empty state on, with output h = 0). The
+            initial state only reaches tokens before a row's first reset.
     Returns:
         h for every step ``(B, T, H, Dh)`` in wx's dtype, and the final state
         (float32, or float64 for float64 inputs).
@@ -114,9 +161,12 @@ def slstm_recurrent(
         state = SLSTMState(*(t.to(dtype) for t in initial_state))
     if mask is not None and tuple(mask.shape) != (B, T):
         raise ValueError(f"sLSTM: mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
+    validate_token_flags(reset, "reset", (B, T), wx.device)
     wx, R, b = wx.to(dtype), R.to(dtype), b.to(dtype)
     hs = []
     for t in range(T):
+        if reset is not None:
+            state = apply_reset(state, reset[:, t])
         new = slstm_step(wx[:, t], state, R, b, forget_gate)
         if mask is not None:
             keep = mask[:, t, None, None]

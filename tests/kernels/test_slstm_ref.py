@@ -4,7 +4,10 @@
 reference code (``xlstm``, where installed) after converting its layouts, against
 token-by-token ``slstm_step``, for the two-halves invariance, with gradcheck
 (initial state included), for the n >= 1 invariant of the stabilised normaliser,
-for finiteness at extreme pre-activations, and for its input validation.
+for finiteness at extreme pre-activations, and for its input validation. Document
+resets (``reset``): a packed row equals its documents run separately, the step form
+agrees, a masked reset token carries the empty state on, and gradcheck passes through
+resets and masked tokens.
 """
 
 from __future__ import annotations
@@ -218,3 +221,120 @@ def test_integer_input_raises():
     wx, R, b = torch.randint(0, 3, (2, 5, 4, 3, 4)), torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4)
     with pytest.raises(TypeError):
         slstm_recurrent(wx, R, b)
+
+
+# ------------------------------------------------------------------------ document resets
+
+# Document starts per row (T = 13): none, at t = 0, two adjacent, 1-token documents, last token.
+RESET_LAYOUTS = ([], [0, 7], [4, 5], [1, 2, 3, 12], [12])
+
+
+def make_reset(B: int, T: int) -> torch.Tensor:
+    reset = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        reset[b, RESET_LAYOUTS[b % len(RESET_LAYOUTS)]] = True
+    return reset
+
+
+def run_documents(wx, R, b, state, reset, forget_gate):
+    """Each row cut at its resets, each document run on its own: the first from the
+    initial state (unless the row starts with a reset), the others from the empty state."""
+    B, T = wx.shape[:2]
+    outs, finals = [], []
+    for r in range(B):
+        starts = sorted({0, *reset[r].nonzero().flatten().tolist(), T})
+        row_state = None if state is None or bool(reset[r, 0]) else SLSTMState(*(s[r : r + 1] for s in state))
+        parts = []
+        for s, e in zip(starts[:-1], starts[1:]):
+            out, row_state = slstm_recurrent(wx[r : r + 1, s:e], R, b, row_state if s == 0 else None, forget_gate)
+            parts.append(out)
+        outs.append(torch.cat(parts, dim=1))
+        finals.append(row_state)
+    return torch.cat(outs), SLSTMState(*(torch.cat(f) for f in zip(*finals)))
+
+
+@pytest.mark.parametrize("forget_gate, with_state", [pytest.param(fg, ws, id=f"{fg}-B5-T13-H2-Dh3-fp64-{'init' if ws else 'empty'}") for fg in FORGET_GATES for ws in (False, True)])
+def test_reset_equals_separate_documents(forget_gate, with_state):
+    """A packed row with resets gives exactly the outputs of running each document alone,
+    and the final state is that of the row's last document."""
+    B, T = 5, 13
+    wx, R, b, state = make_inputs(B, T, 2, 3, torch.float64, with_state, seed=11)
+    reset = make_reset(B, T)
+    out, last = slstm_recurrent(wx, R, b, state, forget_gate=forget_gate, reset=reset)
+    out_ref, last_ref = run_documents(wx, R, b, state, reset, forget_gate)
+    rtol, atol = TOL[torch.float64]
+    assert_close(out, out_ref, rtol, atol, "h")
+    assert_state_close(last, last_ref, rtol, atol, "documents")
+
+
+@pytest.mark.parametrize("forget_gate", FORGET_GATES)
+def test_step_with_reset_equals_recurrent(forget_gate):
+    """Token-by-token ``slstm_step(..., reset=reset[:, t])`` equals the sequence form."""
+    B, T = 5, 13
+    wx, R, b, state = make_inputs(B, T, 2, 3, torch.float64, with_state=True, seed=12)
+    reset = make_reset(B, T)
+    out, last = slstm_recurrent(wx, R, b, state, forget_gate=forget_gate, reset=reset)
+    s, hs = state, []
+    for t in range(T):
+        s = slstm_step(wx[:, t], s, R, b, forget_gate, reset=reset[:, t])
+        hs.append(s.h)
+    rtol, atol = TOL[torch.float64]
+    assert_close(torch.stack(hs, dim=1), out, rtol, atol, "h")
+    assert_state_close(s, last, rtol, atol, "step")
+
+
+def test_masked_reset_token_carries_the_empty_state():
+    """reset applies before mask: a reset token that is masked out outputs h = 0 and
+    passes the empty state on, so the next token starts a document from scratch."""
+    B, T = 2, 6
+    wx, R, b, state = make_inputs(B, T, 2, 3, torch.float64, with_state=True, seed=13)
+    reset = torch.zeros(B, T, dtype=torch.bool)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    reset[0, 2] = True
+    mask[0, 2] = False
+    out, last = slstm_recurrent(wx, R, b, state, mask=mask, reset=reset)
+    assert torch.equal(out[0, 2], torch.zeros_like(out[0, 2]))
+    out_doc, last_doc = slstm_recurrent(wx[:1, 3:], R, b)
+    assert_close(out[:1, 3:], out_doc, *TOL[torch.float64], "h after the masked reset")
+    assert_state_close(SLSTMState(*(s[:1] for s in last)), last_doc, *TOL[torch.float64], "final")
+    # row 1 has neither: plain run
+    out1, _ = slstm_recurrent(wx[1:], R, b, SLSTMState(*(s[1:] for s in state)))
+    assert_close(out[1:], out1, *TOL[torch.float64], "row without flags")
+
+
+@pytest.mark.parametrize("forget_gate", FORGET_GATES)
+def test_gradcheck_with_reset_and_mask(forget_gate):
+    """Finite differences through resets and masked tokens, initial state included."""
+    wx, R, b, state = make_inputs(2, 5, 1, 2, torch.float64, with_state=True, seed=14)
+    reset = torch.tensor([[False, False, True, False, False], [True, False, False, True, False]])
+    mask = torch.tensor([[True, False, True, True, False], [True, True, False, True, True]])
+    leaves = [t.clone().requires_grad_() for t in (wx, R, b, *state)]
+
+    def fn(wx, R, b, *st):
+        out, last = slstm_recurrent(wx, R, b, SLSTMState(*st), forget_gate=forget_gate, mask=mask, reset=reset)
+        return (out, *last)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "reset, exc, fragment",
+    [
+        pytest.param(torch.zeros(2, 5), TypeError, "bool", id="float"),
+        pytest.param(torch.zeros(2, 4, dtype=torch.bool), ValueError, "(2, 5)", id="shape"),
+    ],
+)
+def test_invalid_reset_raises(reset, exc, fragment):
+    wx, R, b = torch.randn(2, 5, 4, 3, 4), torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4)
+    with pytest.raises(exc) as info:
+        slstm_recurrent(wx, R, b, reset=reset)
+    assert fragment in str(info.value) and "reset" in str(info.value)
+
+
+def test_step_invalid_reset_raises():
+    wx, R, b = torch.randn(2, 4, 3, 4), torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4)
+    state = slstm_empty_state(2, 3, 4)
+    with pytest.raises(TypeError, match="bool"):
+        slstm_step(wx, state, R, b, reset=torch.zeros(2))
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        slstm_step(wx, state, R, b, reset=torch.zeros(3, dtype=torch.bool))
