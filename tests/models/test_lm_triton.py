@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 SUB = {"mlstm": {"num_heads": 2, "chunk_size": 16}, "mlstm7b": {"num_heads": 2, "chunk_size": 16}}
 
 
-@pytest.mark.parametrize("pattern", ["mx"], ids=["pattern-mx"])
+@pytest.mark.parametrize("pattern", ["mx", "s"], ids=["pattern-mx", "pattern-s"])
 def test_triton_model_matches_torch_logits_and_gradients(pattern):
     ref = tiny_model(pattern, dtype=torch.float32, **SUB)
     tri = tiny_model(pattern, dtype=torch.float32, kernel_backend="triton", **SUB)
@@ -35,16 +35,17 @@ def test_triton_model_matches_torch_logits_and_gradients(pattern):
         assert_close(a.grad, b.grad, rtol=1e-4, atol_floor=1e-7, msg=name)
 
 
-def test_triton_decode_step_continues_prefill():
-    ref = tiny_model("mx", dtype=torch.float32, **SUB)
-    tri = tiny_model("mx", dtype=torch.float32, kernel_backend="triton", **SUB)
+@pytest.mark.parametrize("pattern", ["mx", "s"], ids=["pattern-mx", "pattern-s"])
+def test_triton_decode_step_continues_prefill(pattern):
+    ref = tiny_model(pattern, dtype=torch.float32, **SUB)
+    tri = tiny_model(pattern, dtype=torch.float32, kernel_backend="triton", **SUB)
     tri.load_state_dict(ref.state_dict())
     ids = torch.randint(0, 37, (2, 8))
     with torch.no_grad():
         state = tri(ids[:, :5]).state
         steps = []
         for t in range(5, 8):
-            out = tri(ids[:, t : t + 1], state)  # fused Triton decode step (no grad)
+            out = tri(ids[:, t : t + 1], state)  # fused Triton decode steps (no grad)
             state = out.state
             steps.append(out.logits)
         expected = ref(ids).logits[:, 5:]

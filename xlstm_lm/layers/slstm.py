@@ -12,13 +12,14 @@ from xlstm_lm_kernels.slstm import SLSTMState, slstm_recurrent
 
 from ..config import SLSTMConfig
 from .basic import CausalConv1d, HeadwiseLinear, small_init_
+from .mlstm import resolve_kernel
 from .norms import MultiHeadLayerNorm
 
 
 class SLSTMLayer(nn.Module):
-    def __init__(self, d_model: int, cfg: SLSTMConfig, dropout: float = 0.0):
+    def __init__(self, d_model: int, cfg: SLSTMConfig, dropout: float = 0.0, kernel: str = "auto"):
         super().__init__()
-        self.cfg, self.d_model = cfg, d_model
+        self.cfg, self.d_model, self.kernel = cfg, d_model, kernel
         H = cfg.num_heads
         self.num_heads, self.head_dim = H, d_model // H
         self.conv = CausalConv1d(d_model, cfg.conv_kernel) if cfg.conv_kernel > 0 else None
@@ -72,8 +73,24 @@ class SLSTMLayer(nn.Module):
         gates = torch.stack(
             [self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2
         ).view(B, T, 4, self.num_heads, self.head_dim)
-        y, cell_state = slstm_recurrent(
-            gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask
-        )
+        if resolve_kernel(self.kernel, x) == "triton":
+            # one fused launch for the whole sequence (or the fused decode step)
+            if T == 1 and cell_state is not None and mask is None and not torch.is_grad_enabled():
+                from xlstm_lm_kernels.slstm import slstm_step_triton
+
+                cell_state = slstm_step_triton(
+                    gates[:, 0], cell_state, self.recurrent_kernel, self.bias, self.cfg.forget_gate
+                )
+                y = cell_state.h[:, None].to(x.dtype)
+            else:
+                from xlstm_lm_kernels.slstm import slstm_triton
+
+                y, cell_state = slstm_triton(
+                    gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask
+                )
+        else:
+            y, cell_state = slstm_recurrent(
+                gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask
+            )
         y = self.out_norm(self.dropout(y))  # (B, T, D)
         return y, (conv_state, *cell_state)

@@ -44,7 +44,7 @@ class SLSTMBlock(nn.Module):
         super().__init__()
         self.idx, self.num_blocks, self.d_model = idx, cfg.num_blocks, cfg.d_model
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.slstm = SLSTMLayer(cfg.d_model, cfg.slstm, cfg.dropout)
+        self.slstm = SLSTMLayer(cfg.d_model, cfg.slstm, cfg.dropout, cfg.kernel_backend)
         self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.ffn = GatedFFN(cfg.d_model, cfg.slstm_ffn_dim, cfg.slstm.ffn_act, cfg.bias, cfg.dropout)
 
