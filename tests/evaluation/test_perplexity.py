@@ -1,0 +1,104 @@
+"""Perplexity / bits-per-byte accounting, stream vs window modes, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.models.test_lm import tiny_model
+from tests.training.test_train import one_thread, tiny_raw  # noqa: F401  (fixture)
+from xlstm_lm.data.tokenizers import ByteTokenizer
+from xlstm_lm.evaluation import Scorer, evaluate
+
+REPO = Path(__file__).resolve().parents[2]
+TEXTS = ["def f(x):\n    return x + 1\n" * 3, "hello world, " * 7, "é ü ß — unicode counts bytes"]
+
+
+def byte_scorer(stateful=True, bos=0):
+    model = tiny_model("ms", dtype=torch.float64, vocab_size=256)
+    tok = ByteTokenizer()
+
+    def forward(ids, state):
+        out = model(ids, state if stateful else None)
+        return out.logits[0], (out.state if stateful else None)
+
+    return model, Scorer(forward, tok.encode, tok.decode, stateful, "tiny", bos_id=bos)
+
+
+def reference_nll(model, text):
+    """Every byte predicted, the first one after the document separator (byte 0)."""
+    ids = torch.tensor([0, *ByteTokenizer().encode(text)])[None]
+    logits = model(ids).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item(), ids.shape[1] - 1
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000], ids=["chunk1", "chunk7", "chunk1000"])
+def test_stream_mode_equals_one_full_forward(chunk):
+    model, scorer = byte_scorer()
+    res = evaluate(scorer, TEXTS, "stream", chunk=chunk, progress=False)
+    ref = [reference_nll(model, t) for t in TEXTS]
+    assert res.tokens == sum(n for _, n in ref)
+    assert res.nll_nats == pytest.approx(sum(x for x, _ in ref), rel=1e-10)
+    # byte tokenizer: one token per byte, so bits/byte is the loss in bits
+    assert res.bytes == sum(len(t.encode()) for t in TEXTS) == res.tokens
+    assert res.bits_per_byte == pytest.approx(res.loss / math.log(2))
+    assert res.chars < res.bytes  # the unicode text has multi-byte characters
+
+
+def test_without_separator_the_first_token_is_not_scored():
+    _, scorer = byte_scorer(bos=None)
+    res = evaluate(scorer, TEXTS[:2], "stream", progress=False)
+    assert res.tokens == res.bytes == sum(len(t.encode()) - 1 for t in TEXTS[:2])
+
+
+def test_window_mode_scores_each_token_once_and_full_windows_match_stream():
+    model, scorer = byte_scorer(stateful=False)
+    big = evaluate(scorer, TEXTS, "window", window=4096, stride=4096, progress=False)
+    _, st = byte_scorer()
+    stream = evaluate(st, TEXTS, "stream", chunk=16, progress=False)
+    assert big.tokens == stream.tokens
+    assert big.nll_nats == pytest.approx(stream.nll_nats, rel=1e-10)
+    small = evaluate(scorer, TEXTS, "window", window=8, stride=3, progress=False)
+    assert small.tokens == stream.tokens
+    # shorter context can only be worse on repetitive text
+    assert small.loss > stream.loss
+
+
+def test_stream_mode_needs_a_stateful_model_and_text():
+    _, scorer = byte_scorer(stateful=False)
+    with pytest.raises(ValueError, match="use mode='window'"):
+        evaluate(scorer, TEXTS, "stream", progress=False)
+    _, scorer = byte_scorer()
+    with pytest.raises(ValueError, match="nothing to score"):
+        evaluate(scorer, ["", ""], "stream", progress=False)
+
+
+def test_by_position_buckets_cover_all_tokens():
+    _, scorer = byte_scorer()
+    res = evaluate(scorer, TEXTS, "stream", progress=False)
+    assert sum(b["tokens"] for b in res.by_position) == res.tokens
+    assert [b["from_position"] for b in res.by_position][:3] == [1, 2, 4]
+
+
+def test_cli_on_a_trained_checkpoint(tmp_path, capsys):
+    from xlstm_lm.training import train
+
+    sys.path.insert(0, str(REPO / "eval"))
+    import perplexity as cli  # eval/perplexity.py
+
+    train(tiny_raw(tmp_path / "run", "train.max_steps=2", "train.eval_every=2", "train.save_every=2"), progress=False)
+    text = tmp_path / "doc.txt"
+    text.write_text("import os\nprint(os.getcwd())\n" * 20)
+    out, plot = tmp_path / "r.json", tmp_path / "p.png"
+    rc = cli.main([str(tmp_path / "run"), "--text", str(text), "--mode", "both", "--chunk", "64",
+                   "--window", "64", "--stride", "32", "--out", str(out), "--plot", str(plot)])
+    assert rc == 0 and plot.stat().st_size > 1000
+    record = json.loads(out.read_text())
+    assert record["stream"]["tokens"] == record["window"]["tokens"] == len(text.read_text())
+    assert "perplexity" in capsys.readouterr().out
+    assert cli.main([str(tmp_path / "missing")]) == 2
