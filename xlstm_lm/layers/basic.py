@@ -52,20 +52,39 @@ class CausalConv1d(nn.Module):
     def empty_state(self, batch: int, device=None, dtype=None) -> torch.Tensor:
         return torch.zeros(batch, self.kernel_size - 1, self.dim, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``(B, T, D)``; ``reset (B, T)`` bool marks tokens that start a new document:
+        the output at t then only sees inputs of t's own document (taps reaching across a
+        boundary, or into ``state`` after a reset, read zeros), and the returned state
+        keeps only inputs of the last document."""
         B, T, D = x.shape
+        K = self.kernel_size
         if state is None:
             state = self.empty_state(B, x.device, x.dtype)
         xs = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+T, D)
+        if reset is not None:
+            # document index of every position of xs; the carried state is document 0
+            seg = torch.cumsum(reset.to(torch.int32), dim=1)
+            seg = torch.cat([seg.new_zeros(B, K - 1), seg], dim=1)  # (B, K-1+T)
+            cur = seg[:, K - 1 :]  # (B, T)
         # K shifted multiply-adds: the same cross-correlation as a depthwise conv1d,
         # without conv1d's slow CPU paths for depthwise float64 / tiny inputs.
         w = self.weight[:, 0, :]  # (D, K)
-        y = xs[:, :T] * w[:, 0]
-        for j in range(1, self.kernel_size):
-            y = y + xs[:, j : j + T] * w[:, j]
+        y = None
+        for j in range(K):
+            tap = xs[:, j : j + T]
+            if reset is not None and j < K - 1:
+                tap = tap * (seg[:, j : j + T] == cur)[..., None].to(tap.dtype)
+            y = tap * w[:, j] if y is None else y + tap * w[:, j]
         if self.bias is not None:
             y = y + self.bias
-        return y, xs[:, xs.shape[1] - (self.kernel_size - 1) :]
+        new_state = xs[:, xs.shape[1] - (K - 1) :]
+        if reset is not None and K > 1:
+            keep = seg[:, seg.shape[1] - (K - 1) :] == seg[:, -1:]
+            new_state = new_state * keep[..., None].to(new_state.dtype)
+        return y, new_state
 
 
 class HeadwiseLinear(nn.Module):

@@ -90,7 +90,11 @@ class RecurrentLayer(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, state: Sequence[Tensor] | None = None, mask: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Sequence[Tensor] | None = None,
+        mask: Tensor | None = None,
+        reset: Tensor | None = None,
     ) -> tuple[Tensor, State]:
         """Run the layer over a sequence.
 
@@ -98,6 +102,9 @@ class RecurrentLayer(nn.Module):
             x: input ``[B, T, input_size]`` (batch first), in the parameters' dtype.
             state: initial state, a tuple of ``[B, hidden_size]`` tensors named by
                 ``state_names``; ``None`` means zeros.
+            mask: optional ``[B, T]`` bool; False tokens (left padding) leave the state untouched.
+            reset: optional ``[B, T]`` bool; True tokens start a new document: the state
+                entering them is replaced by zeros.
 
         Returns:
             ``(h, state)``: outputs ``[B, T, hidden_size]`` for every step and the
@@ -110,22 +117,32 @@ class RecurrentLayer(nn.Module):
             state = self._check_state(state, x)
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.hidden_size), state
-        if mask is not None:
-            if tuple(mask.shape) != tuple(x.shape[:2]):
+        for name, flags in (("mask", mask), ("reset", reset)):
+            if flags is not None and tuple(flags.shape) != tuple(x.shape[:2]):
                 raise ValueError(
-                    f"{type(self).__name__}: mask must be [B, T] = {list(x.shape[:2])}, got {list(mask.shape)}"
+                    f"{type(self).__name__}: {name} must be [B, T] = {list(x.shape[:2])}, got {list(flags.shape)}"
                 )
-            return self._forward_masked(x, state, mask.bool())
+        if mask is not None or reset is not None:
+            return self._forward_masked(
+                x, state, None if mask is None else mask.bool(), None if reset is None else reset.bool()
+            )
         return self._forward(x, state)
 
-    def _forward_masked(self, x_BTI: Tensor, state: State, mask_BT: Tensor) -> tuple[Tensor, State]:
-        # Step one token at a time through the unmasked path and keep the old state
-        # where the mask is False.
+    def _forward_masked(
+        self, x_BTI: Tensor, state: State, mask_BT: Tensor | None, reset_BT: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        # Step one token at a time through the unmasked path: zero the entering state
+        # where a document starts, keep the old state where the mask is False.
         h_list = []
         for t in range(x_BTI.shape[1]):
+            if reset_BT is not None:
+                r = reset_BT[:, t, None]
+                state = tuple(torch.where(r, torch.zeros_like(s), s) for s in state)
             _, new = self._forward(x_BTI[:, t : t + 1], state)
-            keep = mask_BT[:, t, None]
-            state = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
+            if mask_BT is not None:
+                keep = mask_BT[:, t, None]
+                new = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
+            state = new
             h_list.append(state[0])
         return torch.stack(h_list, dim=1), state
 

@@ -54,6 +54,7 @@ def run_mlstm_cell(
     chunk_size: int,
     eps: float,
     kernel: str = "torch",
+    reset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
     """Dispatch to a cell form. q, k ``(B, H, T, Dqk)``, v ``(B, H, T, Dv)``, i, f ``(B, H, T)``.
 
@@ -61,18 +62,20 @@ def run_mlstm_cell(
     Triton decode step for single tokens without gradients. kernel 'torch': the
     reference form ``backend``, where 'auto' steps the recurrence for single tokens,
     uses the parallel form up to one chunk and the chunkwise form beyond.
+    ``reset (B, T)`` bool: True where a token starts a new document (its entering
+    state is discarded).
     """
     T = q.shape[2]
     if resolve_kernel(kernel, q) == "triton":
-        if T == 1 and state is not None and not torch.is_grad_enabled():
+        if T == 1 and state is not None and reset is None and not torch.is_grad_enabled():
             from xlstm_lm_kernels.mlstm import mlstm_step_triton
 
             h, new = mlstm_step_triton(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state, eps)
             return h[:, :, None], new
-        return mlstm(q, k, v, i, f, state, True, "triton", chunk_size, eps)
+        return mlstm(q, k, v, i, f, state, True, "triton", chunk_size, eps, reset=reset)
     if backend == "auto":
         backend = "recurrent" if T == 1 else "parallel" if T <= chunk_size else "chunkwise"
-    return mlstm(q, k, v, i, f, state, True, backend, chunk_size, eps)
+    return mlstm(q, k, v, i, f, state, True, backend, chunk_size, eps, reset=reset)
 
 
 class MLSTMLayer(nn.Module):
@@ -122,10 +125,15 @@ class MLSTMLayer(nn.Module):
         nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
 
     def forward(
-        self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: tuple | None = None,
+        mask: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple]:
         """x ``(B, T, D)``; mask ``(B, T)`` bool marks real tokens (False = left padding,
-        which leaves the state untouched)."""
+        which leaves the state untouched); reset ``(B, T)`` bool marks tokens that start a
+        new document (cell state and conv taps do not reach across it)."""
         B, T, _ = x.shape
         conv_state, cell_state = (None, None) if state is None else (state[0], MLSTMState(*state[1:]))
         x_mlstm, z = self.proj_up(x).split(self.inner, dim=-1)
@@ -133,7 +141,7 @@ class MLSTMLayer(nn.Module):
             # padding feeds zeros into the conv buffer: the same as the empty buffer
             x_mlstm = x_mlstm * mask[..., None].to(x_mlstm.dtype)
         if self.conv is not None:
-            x_conv, conv_state = self.conv(x_mlstm, conv_state)
+            x_conv, conv_state = self.conv(x_mlstm, conv_state, reset)
             x_conv = F.silu(x_conv)
         else:
             x_conv, conv_state = F.silu(x_mlstm), x_mlstm.new_zeros(B, 0, self.inner)
@@ -145,7 +153,7 @@ class MLSTMLayer(nn.Module):
         H = self.num_heads
         q, k, v = (t.view(B, T, H, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
         h, cell_state = run_mlstm_cell(
-            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps, self.kernel
+            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps, self.kernel, reset
         )
         h = self.out_norm(h.transpose(1, 2))  # (B, T, inner)
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
@@ -195,7 +203,11 @@ class MLSTM7BLayer(nn.Module):
             self.fgate.bias.copy_(torch.linspace(*self.cfg.fgate_bias_init, self.num_heads))
 
     def forward(
-        self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: tuple | None = None,
+        mask: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple]:
         B, T, _ = x.shape
         H = self.num_heads
@@ -205,7 +217,7 @@ class MLSTM7BLayer(nn.Module):
         i, f = mask_gates(i, f, mask)
         cell_state = None if state is None else MLSTMState(*state)
         h, cell_state = run_mlstm_cell(
-            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps, self.kernel
+            q, k, v, i, f, cell_state, self.cfg.backend, self.cfg.chunk_size, self.cfg.eps, self.kernel, reset
         )
         h = self.out_norm(h.transpose(1, 2))  # (B, T, v_dim)
         y = self.out_proj(torch.sigmoid(self.ogate(x)) * h)

@@ -58,15 +58,20 @@ class SLSTMLayer(nn.Module):
         self.out_norm.reset_parameters()
 
     def forward(
-        self, x: torch.Tensor, state: tuple | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: tuple | None = None,
+        mask: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple]:
         """x ``(B, T, D)``; mask ``(B, T)`` bool marks real tokens (False = left padding,
-        which leaves the state untouched)."""
+        which leaves the state untouched); reset ``(B, T)`` bool marks tokens that start a
+        new document (cell state and conv taps do not reach across it)."""
         B, T, D = x.shape
         conv_state, cell_state = (None, None) if state is None else (state[0], SLSTMState(*state[1:]))
         if self.conv is not None:
             x_in = x if mask is None else x * mask[..., None].to(x.dtype)
-            x_conv, conv_state = self.conv(x_in, conv_state)
+            x_conv, conv_state = self.conv(x_in, conv_state, reset)
             x_conv = F.silu(x_conv)
         else:
             x_conv, conv_state = x, x.new_zeros(B, 0, D)
@@ -79,18 +84,23 @@ class SLSTMLayer(nn.Module):
                 from xlstm_lm_kernels.slstm import slstm_step_triton
 
                 cell_state = slstm_step_triton(
-                    gates[:, 0], cell_state, self.recurrent_kernel, self.bias, self.cfg.forget_gate
+                    gates[:, 0],
+                    cell_state,
+                    self.recurrent_kernel,
+                    self.bias,
+                    self.cfg.forget_gate,
+                    reset=None if reset is None else reset[:, 0],
                 )
                 y = cell_state.h[:, None].to(x.dtype)
             else:
                 from xlstm_lm_kernels.slstm import slstm_triton
 
                 y, cell_state = slstm_triton(
-                    gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask
+                    gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask, reset
                 )
         else:
             y, cell_state = slstm_recurrent(
-                gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask
+                gates, self.recurrent_kernel, self.bias, cell_state, self.cfg.forget_gate, mask, reset
             )
         y = self.out_norm(self.dropout(y))  # (B, T, D)
         return y, (conv_state, *cell_state)

@@ -7,6 +7,7 @@
 
 A block's state is a flat tuple of tensors (see each layer); ``None`` is the empty state.
 ``mask (B, T)`` marks real tokens; masked (left-padding) tokens leave the state untouched.
+``reset (B, T)`` marks tokens that start a new document; nothing before them reaches them.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class MLSTMBlock(nn.Module):
         self.norm.reset_parameters()
         self.mlstm.reset_parameters(self.num_blocks)
 
-    def forward(self, x, state=None, mask=None):
-        y, state = self.mlstm(self.norm(x), state, mask)
+    def forward(self, x, state=None, mask=None, reset=None):
+        y, state = self.mlstm(self.norm(x), state, mask, reset)
         return x + y, state
 
 
@@ -54,8 +55,8 @@ class SLSTMBlock(nn.Module):
         self.slstm.reset_parameters(self.idx, self.num_blocks)
         self.ffn.reset_parameters(self.d_model, self.num_blocks)
 
-    def forward(self, x, state=None, mask=None):
-        y, state = self.slstm(self.norm(x), state, mask)
+    def forward(self, x, state=None, mask=None, reset=None):
+        y, state = self.slstm(self.norm(x), state, mask, reset)
         x = x + y
         return x + self.ffn(self.ffn_norm(x)), state
 
@@ -77,8 +78,8 @@ class MLSTM7BBlock(nn.Module):
         self.mlstm.reset_parameters(self.num_blocks)
         self.ffn.reset_parameters(self.d_model, self.num_blocks)
 
-    def forward(self, x, state=None, mask=None):
-        y, state = self.mlstm(self.norm(x), state, mask)
+    def forward(self, x, state=None, mask=None, reset=None):
+        y, state = self.mlstm(self.norm(x), state, mask, reset)
         x = x + y
         return x + self.ffn(self.ffn_norm(x)), state
 
@@ -109,8 +110,8 @@ class ClassicBlock(nn.Module):
             self.norm.reset_parameters()
         self.cell.reset_parameters()
 
-    def forward(self, x, state=None, mask=None):
-        y, state = self.cell(self.norm(x), state, mask)
+    def forward(self, x, state=None, mask=None, reset=None):
+        y, state = self.cell(self.norm(x), state, mask, reset)
         y = self.dropout(y)
         return (x + y if self.residual else y), tuple(state)
 

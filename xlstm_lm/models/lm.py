@@ -66,6 +66,7 @@ class XLSTMLM(nn.Module):
         state: State | None = None,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
     ) -> LMOutput:
         """Run the model on ``input_ids (B, T)``, continuing from ``state`` if given.
 
@@ -74,6 +75,9 @@ class XLSTMLM(nn.Module):
         (1 = token, 0 = padding) makes padding tokens leave every recurrent state
         untouched, so a left-padded batch continues exactly like each row alone
         (padding must come before a row's tokens; the conv buffers take it as zeros).
+        ``reset (B, T)`` bool marks tokens that start a new document (packed training
+        rows): every block discards its state before them and no causal-conv tap reaches
+        across them, so a packed row gives each document's logits as if run alone.
         """
         self._check_inputs(input_ids, state, labels)
         mask = None
@@ -83,10 +87,14 @@ class XLSTMLM(nn.Module):
                     f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
                 )
             mask = attention_mask.bool()
+        if reset is not None:
+            if reset.shape != input_ids.shape:
+                raise ValueError(f"reset {tuple(reset.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+            reset = reset.bool()
         x = self.emb_dropout(self.embedding(input_ids))
         new_state: State = []
         for b, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[b], mask)
+            x, s = block(x, None if state is None else state[b], mask, reset)
             new_state.append(s)
         logits = soft_cap(self.lm_head(self.final_norm(x)), self.config.logit_soft_cap)
         loss = None

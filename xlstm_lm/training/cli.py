@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None, default_config: str | Path = "configs/ti
     args = build_parser().parse_args(argv)
     try:
         raw = load_raw_config(args, Path(default_config))
+        from .config import build_run_config
+        from .distributed import train_distributed, wants_distributed
+
+        if wants_distributed(build_run_config(raw)):
+            train_distributed(raw, resume=args.resume)
+            return 0
         result = train(raw, resume=args.resume)
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,6 +25,40 @@ from ..config_utils import ConfigError, check, from_dict, to_dict
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process training with DeepSpeed (used when launched with WORLD_SIZE set,
+    by ``deepspeed`` or ``torchrun``, or with ``enabled: true`` in one process)."""
+
+    enabled: bool = False
+    """Run the DeepSpeed loop even in a single process (WORLD_SIZE unset)."""
+    zero_stage: int = 0
+    """ZeRO stage 0-3: shard nothing, optimizer state, + gradients, + parameters."""
+    offload_optimizer: bool = False
+    """Keep optimizer state in CPU memory (ZeRO >= 1)."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory (ZeRO-3)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """DeepSpeed mixed precision (fp32 master weights for bf16/fp16)."""
+    micro_batch: int | None = None
+    """Sequences per rank per micro step (None: train.batch_size / (world_size * grad_accum))."""
+    grad_accum: int = 1
+    """Micro steps per optimizer step."""
+    grad_clip: float | None = None
+    """Global gradient-norm clip (None: train.grad_clip)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (per block)."""
+    compile: bool = False
+    """torch.compile each block before DeepSpeed wraps the model."""
+
+    def __post_init__(self):
+        check(self.zero_stage in (0, 1, 2, 3), f"train.distributed.zero_stage must be 0-3, got {self.zero_stage}")
+        check(self.grad_accum >= 1, f"train.distributed.grad_accum must be >= 1, got {self.grad_accum}")
+        check(self.micro_batch is None or self.micro_batch >= 1, "train.distributed.micro_batch must be >= 1 or null")
+        check(not self.offload_params or self.zero_stage == 3, "train.distributed.offload_params needs zero_stage 3")
+        check(not self.offload_optimizer or self.zero_stage >= 1, "train.distributed.offload_optimizer needs zero_stage >= 1")
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, evaluation, checkpointing and sampling of one training run."""
 
@@ -70,6 +104,8 @@ class TrainConfig:
     """Tokens generated from sample_prompt at the end of training (0: no sample)."""
     sample_prompt: str = "def "
     """Prompt of the final sample generation."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """DeepSpeed / multi-process settings."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "seq_len", "eval_every", "eval_batches",
@@ -111,6 +147,8 @@ class DataConfig:
     """Fraction of the corpus (in bytes, from the end) held out for validation."""
     max_bytes: int | None = None
     """Read at most this many bytes of the corpus (None: all of a user corpus, 4 MB of the built-in one)."""
+    shards: str | None = None
+    """A folder of token shards from tools/prepare_data.py (the distributed loop reads it; packed rows with document resets)."""
 
     def __post_init__(self):
         check(self.path != "", "data.path must be a file or folder, or null for the built-in corpus; got ''")

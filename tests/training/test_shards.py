@@ -1,0 +1,99 @@
+"""Token shards and the packed loader: round trip, determinism, rank disjointness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tools.prepare_data import main as prepare_data
+from tools.train_tokenizer import main as train_tokenizer
+from xlstm_lm.data.shards import PackedLoader, TokenShards
+from xlstm_lm.data.tokenizers import ByteTokenizer
+
+DOCS = [f"document {i}: " + "héllo wörld " * (i % 7 + 1) + f"end {i}\n" for i in range(60)]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """The same documents as JSONL (field 'content'), Parquet and a folder of .txt files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"content": d, "id": i}) + "\n" for i, d in enumerate(DOCS)))
+    pq.write_table(pa.table({"content": DOCS}), tmp_path / "docs.parquet")
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for i, d in enumerate(DOCS):
+        (folder / f"{i:03d}.txt").write_text(d)
+    return tmp_path
+
+
+@pytest.mark.parametrize("source", ["docs.jsonl", "docs.parquet", "txt"])
+def test_shards_round_trip_to_the_text(corpus, source):
+    out = corpus / f"shards-{source}"
+    # small shards so documents spread over several files
+    manifest = prepare_data([str(corpus / source), "--out", str(out), "--text-field", "content", "--shard-tokens", "500"])
+    assert manifest["documents"] == len(DOCS) and len(manifest["shards"]) > 2 and manifest["dtype"] == "uint16"
+    shards = TokenShards.open(out)
+    tok = shards.tokenizer()
+    texts = [tok.decode(d[:-1].tolist()) for d in shards.documents()]
+    assert all(int(d[-1]) == tok.eos_id for d in shards.documents())
+    assert texts == DOCS
+
+
+def test_sentencepiece_tokenizer_with_specials_round_trips(corpus):
+    tok_dir = corpus / "tok"
+    tok = train_tokenizer([str(corpus / "docs.jsonl"), "--out", str(tok_dir), "--text-field", "content",
+                           "--vocab-size", "320", "--special", "<|sep|>"])
+    assert tok.decode(tok.encode("héllo <|sep|> ✓")) == "héllo <|sep|> ✓"
+    assert len(tok.encode("<|sep|>")) == 1
+    out = corpus / "sp-shards"
+    prepare_data([str(corpus / "docs.jsonl"), "--out", str(out), "--text-field", "content", "--tokenizer", str(tok_dir)])
+    shards = TokenShards.open(out)
+    assert [shards.tokenizer().decode(d[:-1].tolist()) for d in shards.documents()] == DOCS
+
+
+def _byte_shards(tmp_path):
+    from xlstm_lm.data.shards import write_shards
+
+    write_shards(DOCS, ByteTokenizer(), tmp_path / "s", shard_tokens=300)
+    return TokenShards.open(tmp_path / "s")
+
+
+def test_loader_is_deterministic_resumable_and_flags_document_starts(tmp_path):
+    shards = _byte_shards(tmp_path)
+    a = PackedLoader(shards, seq_len=32, batch_size=4, seed=3)
+    first = [a.next_batch() for _ in range(5)]
+    b = PackedLoader(shards, seq_len=32, batch_size=4, seed=3)
+    for _ in range(2):
+        b.next_batch()
+    c = PackedLoader(shards, seq_len=32, batch_size=4, seed=3)
+    c.load_state_dict(b.state_dict())
+    for want in first[2:]:
+        got = c.next_batch()
+        assert torch.equal(got.inputs, want.inputs) and torch.equal(got.reset, want.reset)
+        assert torch.equal(got.labels, want.labels)
+    batch = first[0]
+    # reset flags sit exactly on tokens that follow an end-of-document id (0 for bytes)
+    assert torch.equal(batch.reset[:, 1:], batch.inputs[:, :-1] == 0)
+    # a document's first token is never a target of the previous document's last token
+    assert torch.all(batch.labels[batch.inputs == 0] == -100)
+
+
+def test_ranks_read_disjoint_slices_whose_union_is_the_single_process_batch(tmp_path):
+    shards = _byte_shards(tmp_path)
+    T = 32
+    single = PackedLoader(shards, seq_len=T, batch_size=6, seed=0)
+    ranks = [PackedLoader(shards, seq_len=T, batch_size=3, seed=0, rank=r, world_size=2) for r in range(2)]
+    seen: set[int] = set()
+    for _ in range(single.batches_per_epoch):
+        whole = single.next_batch()
+        parts = [r.next_batch() for r in ranks]
+        assert torch.equal(torch.cat([p.inputs for p in parts]), whole.inputs)
+        for p in parts:
+            assert seen.isdisjoint(p.rows.tolist())
+            seen.update(p.rows.tolist())
+    assert len(seen) == single.batches_per_epoch * 6
