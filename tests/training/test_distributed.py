@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,17 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ds_worker.py")
 
 
-def _run(tmp: Path, stage: int, nproc: int, accum: int, port: int) -> list[float]:
-    run_dir = tmp / f"z{stage}-n{nproc}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+def _free_port() -> int:
+    # A fixed port collides with other test runs on the same machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(tmp: Path, stage: int, nproc: int, accum: int, run_name: str | None = None, **env_extra: str) -> list[float]:
+    run_dir = tmp / (run_name or f"z{stage}-n{nproc}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), **env_extra}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
            str(WORKER), str(stage), str(accum), str(tmp / "shards"), str(run_dir)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -41,9 +49,9 @@ def test_zero2_and_zero3_on_two_ranks_match_one_process(tmp_path):
     docs = [f"doc {i} " + "abc def " * (i % 9 + 1) for i in range(300)]
     write_shards(docs, ByteTokenizer(), tmp_path / "shards")
     # One process, 2 micro steps of 2 rows = the rows ranks 0 and 1 read in one step.
-    ref = _run(tmp_path, 0, 1, 2, 29611)
-    z2 = _run(tmp_path, 2, 2, 1, 29612)
-    z3 = _run(tmp_path, 3, 2, 1, 29613)
+    ref = _run(tmp_path, 0, 1, 2)
+    z2 = _run(tmp_path, 2, 2, 1)
+    z3 = _run(tmp_path, 3, 2, 1)
     assert len(ref) == 3 and ref[-1] < ref[0]
     # Tolerance: the gradient all-reduce sums the two ranks' fp32 grads in another order
     # than the single process's accumulation; on gloo/CPU with 2 ranks this is exact in
@@ -81,3 +89,22 @@ def test_zero2_and_zero3_on_two_ranks_match_one_process(tmp_path):
     model.load_state_dict({**w3, "lm_head.weight": w3["embedding.weight"]} if "lm_head.weight" not in w3 else w3)
     ids = torch.randint(0, 256, (1, 16))
     assert torch.isfinite(model(ids, labels=ids).loss)
+
+
+def test_sigterm_saves_on_all_ranks_resume_matches_and_val_metrics(tmp_path):
+    docs = [f"doc {i} " + "abc def " * (i % 9 + 1) for i in range(300)]
+    write_shards(docs, ByteTokenizer(), tmp_path / "shards")
+    write_shards(docs[::7], ByteTokenizer(), tmp_path / "val")
+    common = {"DS_WORKER_MAX_STEPS": "4", "DS_WORKER_VAL_SHARDS": str(tmp_path / "val")}
+    full = _run(tmp_path, 2, 2, 1, "full", **common)
+    # Only rank 0 gets SIGTERM (in step 2); both ranks stop after step 2 and save together.
+    first = _run(tmp_path, 2, 2, 1, "split", DS_WORKER_SIGTERM_AT="2", **common)
+    ckpt = tmp_path / "split" / "deepspeed"
+    assert (ckpt / "latest").read_text().strip() == "step_0000002"
+    assert len(list((ckpt / "step_0000002").glob("*optim_states.pt"))) == 2, "both ranks' shards saved"
+    rest = _run(tmp_path, 2, 2, 1, "split", DS_WORKER_RESUME="1", **common)
+    assert len(first) == 2 and first + rest == full
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if r["split"] == "val"] == [2, 4]
+    assert all(r["mfu"] is None and r["tokens_per_s"] > 0 for r in records if r["split"] == "train")

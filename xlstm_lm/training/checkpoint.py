@@ -10,14 +10,20 @@ A checkpoint folder holds:
 
 It is written into a temporary folder that is renamed into place when complete;
 ``checkpoints/latest`` (the folder's name) is replaced atomically afterwards, so a
-crash at any point leaves ``latest`` naming a complete checkpoint.
+crash at any point leaves ``latest`` naming a complete checkpoint. Should a
+checkpoint still be damaged later (a truncated copy, a full disk, a deleted file),
+``latest_checkpoint`` verifies it and falls back, with a warning, to the newest
+complete one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +98,71 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why checkpoint folder ``path`` is unusable (missing or truncated files), or None if complete.
+
+    Cheap structural checks, no tensor is read: the safetensors header parses and
+    the file is as long as the header says; trainer_state.pt is a readable zip
+    archive (torch.save's format, its index sits at the very end); the config and
+    the tokenizer are present.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "the folder is missing"
+    for name in (MODEL_FILE, STATE_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    if not (path / TOKENIZER_DIR).is_dir() or not any((path / TOKENIZER_DIR).iterdir()):
+        return f"{TOKENIZER_DIR}/ is missing or empty"
+    model_file = path / MODEL_FILE
+    size = model_file.stat().st_size
+    try:
+        with model_file.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length past the end of the file")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{MODEL_FILE} is unreadable ({e})"
+    if size != 8 + n + end:
+        return f"{MODEL_FILE} is truncated ({size} bytes, its header says {8 + n + end})"
+    try:
+        with zipfile.ZipFile(path / STATE_FILE) as z:
+            z.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"{STATE_FILE} is unreadable ({e})"
+    return None
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``latest`` names (None when the run has none)."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.is_file():
+    """The checkpoint ``latest`` names, or, if that one is damaged, the newest complete one.
+
+    None when the run has no checkpoint. Falling back warns, naming what is wrong;
+    when no complete checkpoint is left it is an error.
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / LATEST
+    candidates = list_checkpoints(run_dir)
+    damaged = None
+    if pointer.is_file():
+        path = damaged = root / pointer.read_text().strip()
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        what = f"{pointer} names {path.name}, which is unusable: {problem}"
+    elif candidates:
+        what = f"{pointer} is missing"
+    else:
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
-            f"{pointer} names {path.name}, which is missing or incomplete; point it at one of "
-            f"{[p.name for p in list_checkpoints(run_dir)]} or start a new run dir"
-        )
-    return path
+    for older in reversed(candidates):
+        if older != damaged and checkpoint_problem(older) is None:
+            warnings.warn(f"{what}; falling back to {older.name}, the newest complete checkpoint", stacklevel=2)
+            return older
+    raise FileNotFoundError(
+        f"{what}, and no complete checkpoint is left in {root} "
+        f"(found {[p.name for p in candidates]}); start a new run dir"
+    )
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
@@ -141,6 +200,7 @@ __all__ = [
     "CONFIG_FILE",
     "LATEST",
     "TOKENIZER_DIR",
+    "checkpoint_problem",
     "dump_config",
     "latest_checkpoint",
     "list_checkpoints",

@@ -12,6 +12,7 @@ The model code itself stays single-device.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -21,12 +22,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 from ..config_utils import to_dict
 from ..data.shards import PackedLoader, TokenShards
 from .config import RunConfig, build_run_config, resolve_vocab_size, vocab_size_is_explicit
-from .optim import build_optimizer, lr_at
-from .trainer import default_model_factory
+from .faults import DIVERGENCE_ADVICE, StopSignals, TrainingDiverged, oom_message
+from .monitor import MetricsLog, format_mfu, mfu, peak_flops
+from .optim import build_optimizer, lr_at, z_loss
+from .trainer import METRICS_FILE, default_model_factory
 
 DS_DIR = "deepspeed"
 
@@ -125,9 +129,18 @@ def init_process_group() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def train_distributed(raw_config: dict[str, Any], resume: bool = False, stop_at_step: int | None = None) -> list[float]:
-    """The DeepSpeed loop on packed shards; returns the per-step mean training loss
-    (rank 0 also appends them to ``run_dir/losses.jsonl``)."""
+def train_distributed(
+    raw_config: dict[str, Any], resume: bool = False, stop_at_step: int | None = None, progress: bool = True
+) -> list[float]:
+    """The DeepSpeed loop on packed shards; returns the per-step mean training loss.
+
+    Rank 0 appends every step's loss to ``run_dir/losses.jsonl``, shows a tqdm bar
+    (loss, tokens/s, MFU, ETA) and writes ``run_dir/metrics.jsonl`` (train records
+    every ``log_every`` steps, val records every ``eval_every`` steps when
+    ``data.val_shards`` is set). SIGINT/SIGTERM on any rank: all ranks save a
+    checkpoint after the current step and return. A CUDA out-of-memory error is
+    re-raised naming the settings to lower.
+    """
     cfg = build_run_config(raw_config)
     tc, dc = cfg.train, cfg.train.distributed
     if cfg.data.shards is None:
@@ -136,9 +149,12 @@ def train_distributed(raw_config: dict[str, Any], resume: bool = False, stop_at_
     shards = TokenShards.open(cfg.data.shards)
     cfg = resolve_vocab_size(cfg, shards.manifest["vocab_size"], vocab_size_is_explicit(raw_config))
     ds_cfg = build_deepspeed_config(cfg, world)
-    loader = PackedLoader(shards, tc.seq_len, ds_cfg["train_micro_batch_size_per_gpu"], tc.seed, rank, world)
+    micro = ds_cfg["train_micro_batch_size_per_gpu"]
+    loader = PackedLoader(shards, tc.seq_len, micro, tc.seed, rank, world)
+    val_shards = TokenShards.open(cfg.data.val_shards) if cfg.data.val_shards else None
     torch.manual_seed(tc.seed)
     model = default_model_factory(cfg.model).to(device)
+    flops_per_token = model.flops_per_token(tc.seq_len) if hasattr(model, "flops_per_token") else None
     engine = apply_run_options(model, cfg, world)
     run_dir = Path(tc.run_dir)
     ckpt_dir = run_dir / DS_DIR
@@ -147,30 +163,121 @@ def train_distributed(raw_config: dict[str, Any], resume: bool = False, stop_at_
         _, client = engine.load_checkpoint(str(ckpt_dir))
         step = int(client["step"])
         loader.load_state_dict(client["loader"][rank])
+    last_saved = step
+    metrics = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, default=str))
+        metrics = MetricsLog(run_dir / METRICS_FILE, resume_step=step if step else None)
+    peak = peak_flops(device)
+    tokens_per_step = micro * dc.grad_accum * world * tc.seq_len
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, unit="step")
     losses: list[float] = []
+    stop = StopSignals()
     engine.train()
-    t0 = time.time()
-    while step < tc.max_steps and (stop_at_step is None or step < stop_at_step):
-        total = torch.zeros((), device=device)
-        for _ in range(dc.grad_accum):
-            batch = loader.next_batch()
-            out = engine(batch.inputs.to(device), labels=batch.labels.to(device), reset=batch.reset.to(device))
-            engine.backward(out.loss)
-            engine.step()
-            total += out.loss.detach().float()
-        dist.all_reduce(total)
-        loss = total.item() / (dc.grad_accum * world)
-        losses.append(loss)
-        step += 1
-        if rank == 0:
-            with (run_dir / "losses.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "loss": loss, "s": time.time() - t0}) + "\n")
-        if step % tc.save_every == 0 or step == tc.max_steps:
-            save(engine, ckpt_dir, step, loader)
+    t0 = t_interval = time.time()
+    interval: list[float] = []
+    try:
+        with stop.catch():
+            while step < tc.max_steps and (stop_at_step is None or step < stop_at_step):
+                try:
+                    loss = _step(engine, loader, dc.grad_accum, world, device, tc.z_loss)
+                except torch.OutOfMemoryError as e:
+                    raise torch.OutOfMemoryError(_oom_message(cfg, world, micro, device)) from e
+                losses.append(loss)
+                interval.append(loss)
+                step += 1
+                if not math.isfinite(loss):
+                    # TODO: skip the update as the single-process loop does (needs the
+                    # decision before engine.step on every rank); until then stop here.
+                    last = f"step_{last_saved:07d} in {ckpt_dir}" if last_saved else "none written yet"
+                    raise TrainingDiverged(
+                        f"training diverged at step {step}: the all-reduced loss is {loss}; this step's update "
+                        f"already reached the weights, the last good checkpoint is {last}. " + DIVERGENCE_ADVICE
+                    )
+                now = time.time()
+                tok_s = len(interval) * tokens_per_step / max(now - t_interval, 1e-9)
+                step_mfu = mfu(tok_s / world, flops_per_token, peak)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", mfu=format_mfu(step_mfu), refresh=False)
+                if rank == 0:
+                    with (run_dir / "losses.jsonl").open("a") as f:
+                        f.write(json.dumps({"step": step, "loss": loss, "s": now - t0}) + "\n")
+                    if step % tc.log_every == 0 or step == tc.max_steps:
+                        metrics.log(step=step, split="train", tokens=step * tokens_per_step,
+                                    loss=sum(interval) / len(interval), lr=engine.get_lr()[0],
+                                    tokens_per_s=tok_s, mfu=step_mfu)
+                if step % tc.log_every == 0:
+                    interval.clear()
+                    t_interval = time.time()
+                if val_shards is not None and (step % tc.eval_every == 0 or step == tc.max_steps):
+                    val_loss = evaluate(engine, val_shards, tc.seq_len, micro, tc.eval_batches, rank, world, device)
+                    if rank == 0:
+                        metrics.log(step=step, split="val", loss=val_loss, ppl=math.exp(min(val_loss, 700.0)))
+                        bar.write(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(min(val_loss, 700.0)):.2f}")
+                # Any rank's SIGTERM/SIGINT stops all of them at the same step.
+                flag = torch.tensor([float(stop.requested)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() > 0 and step < tc.max_steps:
+                    save(engine, ckpt_dir, step, loader)
+                    last_saved = step
+                    if rank == 0:
+                        bar.write(f"stopped by a signal at step {step}; checkpoint saved; continue with --resume")
+                    break
+                if step % tc.save_every == 0 or step == tc.max_steps:
+                    save(engine, ckpt_dir, step, loader)
+                    last_saved = step
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
     return losses
+
+
+def _step(engine, loader: PackedLoader, grad_accum: int, world: int, device: torch.device, z_coef: float) -> float:
+    """One optimizer step of ``grad_accum`` micro steps; returns the loss averaged over ranks
+    (the cross-entropy plus ``z_coef`` times the z-loss)."""
+    total = torch.zeros((), device=device)
+    for _ in range(grad_accum):
+        batch = loader.next_batch()
+        labels = batch.labels.to(device)
+        out = engine(batch.inputs.to(device), labels=labels, reset=batch.reset.to(device))
+        loss = out.loss + z_coef * z_loss(out.logits, labels) if z_coef > 0 else out.loss
+        engine.backward(loss)
+        engine.step()
+        total += loss.detach().float()
+    dist.all_reduce(total)
+    return total.item() / (grad_accum * world)
+
+
+@torch.no_grad()
+def evaluate(engine, shards: TokenShards, seq_len: int, micro: int, batches: int, rank: int, world: int,
+             device: torch.device) -> float:
+    """Mean loss over the first ``batches`` global batches of the held-out shards (fixed order, seed 0)."""
+    loader = PackedLoader(shards, seq_len, micro, 0, rank, world)
+    engine.eval()
+    total = torch.zeros(2, device=device)
+    for _ in range(min(batches, loader.batches_per_epoch)):
+        batch = loader.next_batch()
+        labels = batch.labels.to(device)
+        out = engine(batch.inputs.to(device), labels=labels, reset=batch.reset.to(device))
+        n = (labels != -100).sum()
+        total += torch.stack([out.loss.detach().float() * n, n.float()])
+    engine.train()
+    dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def _oom_message(cfg: RunConfig, world: int, micro: int, device: torch.device) -> str:
+    tc, dc = cfg.train, cfg.train.distributed
+    memory = None
+    if device.type == "cuda":
+        memory = f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB allocated on rank {dist.get_rank()}"
+    return oom_message(
+        batch_size=tc.batch_size, seq_len=tc.seq_len, grad_accum=dc.grad_accum, micro_batch=micro, world_size=world,
+        activation_checkpointing=dc.activation_checkpointing, zero_stage=dc.zero_stage,
+        offload_optimizer=dc.offload_optimizer, offload_params=dc.offload_params, dtype=dc.precision, memory=memory,
+    )
 
 
 def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader) -> None:
