@@ -142,8 +142,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         if call == 8:
             output.loss = output.loss * float("nan")
 
-    with pytest.raises(TrainingDiverged, match=r"step 8: loss is nan; the last good checkpoint is .*step_0000005"):
-        train(tiny_raw(tmp_path), progress=False, model_factory=hooked_model(poison))
+    # One bad step is skipped (test_faults); with max_bad_steps=1 it stops the run.
+    with pytest.raises(TrainingDiverged, match=r"step 8: loss is nan; .*the last good checkpoint is .*step_0000005"):
+        train(tiny_raw(tmp_path, "train.max_bad_steps=1"), progress=False, model_factory=hooked_model(poison))
     assert latest_checkpoint(tmp_path).name == "step_0000005"
 
 

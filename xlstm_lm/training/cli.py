@@ -21,6 +21,13 @@ examples:
   python train.py --data book.txt data.tokenizer=sentencepiece data.sp_vocab_size=2048
   python train.py --run-dir runs/mine --resume      # continue from runs/mine/checkpoints/latest
   python train.py --run-dir runs/mine --resume train.max_steps=5000   # ... and train longer
+  python train.py --init-from runs/mine --data more.txt --run-dir runs/cont    # continued pretraining
+  python train.py --init-from hf/tiny --config configs/finetune/sft_example.yaml data.sft.path=sft.jsonl
+                                                    # supervised fine-tuning (add train.lora.r=8 for LoRA)
+
+With --init-from (a run dir, checkpoint or exported HF folder) the model config is
+the source's: the config file's model section is ignored and command-line model.*
+overrides may not change parameter shapes; data.tokenizer must be the source's.
 
 model.vocab_size, when the config does not state it, is taken from the tokenizer.
 Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.
@@ -42,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="text file or folder of text files (sets data.path)")
     parser.add_argument("--run-dir", default=None, help="folder for checkpoints and metrics (sets train.run_dir)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the run dir from its latest checkpoint")
+    parser.add_argument(
+        "--init-from", default=None,
+        help="start from the weights (and model config) of a run dir, checkpoint or HF folder (sets train.init_from)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4 model.num_blocks=2")
     return parser
 
@@ -56,7 +67,12 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _apply_cli(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "init_from", None) is not None and not args.resume:
+        # The model comes from the source; only command-line model.* overrides apply on top.
+        raw = {k: v for k, v in raw.items() if k != "model"}
     raw = apply_overrides(raw, args.overrides)
+    if getattr(args, "init_from", None) is not None:
+        _section(raw, "train")["init_from"] = args.init_from
     # Set directly, not via apply_overrides: a path must not be parsed as YAML.
     if args.data is not None:
         _section(raw, "data")["path"] = args.data
@@ -85,7 +101,13 @@ def main(argv: list[str] | None = None, default_config: str | Path = "configs/ti
         from .config import build_run_config
         from .distributed import train_distributed, wants_distributed
 
-        if wants_distributed(build_run_config(raw)):
+        run_cfg = build_run_config(raw)
+        if wants_distributed(run_cfg):
+            if run_cfg.train.init_from or run_cfg.train.lora or run_cfg.data.sft:
+                raise ConfigError(
+                    "train.init_from, train.lora and data.sft are supported by the single-process trainer only; "
+                    "run without WORLD_SIZE / train.distributed.enabled"
+                )
             train_distributed(raw, resume=args.resume)
             return 0
         result = train(raw, resume=args.resume)

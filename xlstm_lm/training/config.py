@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from ..config import ModelConfig
 from ..config_utils import ConfigError, check, from_dict, to_dict
+from ..data.sft import SFTConfig
+from .lora import LoraSettings
 
 
 @dataclass
@@ -74,10 +76,19 @@ class TrainConfig:
     """Learning rate at max_steps for the cosine and linear schedules."""
     warmup_steps: int = 100
     """Steps of linear warmup from 0 to lr."""
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay after warmup: cosine or linear down to min_lr, or constant at lr."""
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Decay after warmup: cosine or linear down to min_lr, constant at lr, or wsd
+    (warmup-stable-decay: constant lr, then linear to min_lr over the last decay_fraction of the steps)."""
+    decay_fraction: float = 0.2
+    """Fraction of max_steps spent in the final decay of the wsd schedule."""
     weight_decay: float = 0.1
-    """AdamW decay of weight matrices (never of biases, norms, embeddings or 1-d params)."""
+    """AdamW decay of weight matrices (never of biases, gate biases, norms or 1-d params)."""
+    decay_embeddings: bool = False
+    """Also decay the embedding table (and an LM head tied to it)."""
+    z_loss: float = 0.0
+    """Coefficient of the z-loss, z_loss * mean(logsumexp(logits)^2), added to the training loss (0: off)."""
+    max_bad_steps: int = 5
+    """Consecutive steps with a NaN/Inf loss or gradient (each skipped) before the run stops."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
     grad_clip: float | None = 1.0
@@ -106,6 +117,10 @@ class TrainConfig:
     """Prompt of the final sample generation."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """DeepSpeed / multi-process settings."""
+    init_from: str | None = None
+    """Start from these weights: a run dir, checkpoint or exported HF folder (see training.init_from)."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters only (see training.lora); None: full fine-tuning."""
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "seq_len", "eval_every", "eval_batches",
@@ -115,6 +130,9 @@ class TrainConfig:
         check(self.lr > 0, f"train.lr must be positive, got {self.lr}")
         check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr={self.lr}], got {self.min_lr}")
         check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(0 < self.decay_fraction <= 1, f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        check(self.z_loss >= 0, f"train.z_loss must be >= 0, got {self.z_loss}")
+        check(self.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {self.max_bad_steps}")
         check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         check(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
@@ -149,6 +167,10 @@ class DataConfig:
     """Read at most this many bytes of the corpus (None: all of a user corpus, 4 MB of the built-in one)."""
     shards: str | None = None
     """A folder of token shards from tools/prepare_data.py (the distributed loop reads it; packed rows with document resets)."""
+    sft: SFTConfig | None = None
+    """Supervised fine-tuning on JSONL instruction data instead of the text corpus (see data.sft)."""
+    val_shards: str | None = None
+    """Held-out token shards the distributed loop evaluates on every train.eval_every steps (None: no evaluation)."""
 
     def __post_init__(self):
         check(self.path != "", "data.path must be a file or folder, or null for the built-in corpus; got ''")

@@ -11,7 +11,9 @@
    run's losses are identical to an uninterrupted one on CPU in float32);
 5. train, logging to a tqdm bar and ``run_dir/metrics.jsonl``; evaluate every
    ``eval_every`` steps; checkpoint every ``save_every`` steps, at the end, and on
-   Ctrl-C; stop with ``TrainingDiverged`` when the loss stops being finite;
+   Ctrl-C or SIGTERM; a step with a NaN/Inf loss or gradient is skipped (logged),
+   ``train.max_bad_steps`` in a row stop the run with ``TrainingDiverged``; a CUDA
+   out-of-memory error is re-raised naming the settings to lower (``faults``);
 6. print a short sample generated from ``sample_prompt``.
 
 The model is used for one device exactly as built; bfloat16 is applied here, as
@@ -23,12 +25,10 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,15 +51,15 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig, build_run_config, config_differences, resolve_vocab_size, vocab_size_is_explicit
-from .optim import build_optimizer, lr_at
+from .faults import BadStepGuard, StopSignals, TrainingDiverged, oom_message
+from .optim import build_optimizer, lr_at, z_loss
+from .finetune import prepare_sft_data, run_tokenizer, split_batch
+from .init_from import check_tokenizer, load_init_weights, prepare_init
+from .lora import apply_lora
 
 METRICS_FILE = "metrics.jsonl"
 #: Sampling temperature of the end-of-training sample.
 SAMPLE_TEMPERATURE = 0.8
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or gradient norm) became NaN/Inf; the message names the last good checkpoint."""
 
 
 @dataclass
@@ -109,31 +109,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class _StopFlag:
-    """Set by Ctrl-C (first press; a second one interrupts at once) or by ``stop_at_step``."""
-
-    def __init__(self):
-        self.requested = False
-
-    @contextmanager
-    def catch_sigint(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            tqdm.write("\nCtrl-C: saving a checkpoint after this step (press again to quit at once)")
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
 class _Metrics:
     """Appends one JSON object per line to ``run_dir/metrics.jsonl``."""
 
@@ -162,12 +137,15 @@ class _Data:
     summary: str
 
 
-def _prepare_data(cfg: RunConfig, run_dir: Path, ckpt: Path | None) -> _Data:
-    """Read and split the corpus, get the tokenizer (trained, built, or the checkpoint's), tokenize."""
+def _prepare_data(cfg: RunConfig, run_dir: Path, ckpt: Path | None, tokenizer: Tokenizer | None = None) -> _Data:
+    """Read and split the corpus, get the tokenizer (trained, built, the checkpoint's or the given one), tokenize."""
     tc = cfg.train
     docs = load_corpus(cfg.data.path, cfg.data.max_bytes)
     train_docs, val_docs = split_documents(docs, cfg.data.val_fraction)
-    if ckpt is not None:
+    if tokenizer is not None:
+        if ckpt is None:
+            tokenizer.save(run_dir / TOKENIZER_DIR)
+    elif ckpt is not None:
         tokenizer = load_tokenizer(ckpt / TOKENIZER_DIR)
     else:
         if cfg.data.tokenizer == "sentencepiece":
@@ -203,6 +181,8 @@ def train(
     once that many steps are done.
     """
     t_start = time.time()
+    # train.init_from: the model section comes from the source (training.init_from).
+    raw_config, init = prepare_init(raw_config)
     cfg = build_run_config(raw_config)
     tc = cfg.train
     run_dir = Path(tc.run_dir)
@@ -217,14 +197,25 @@ def train(
     device = resolve_device(tc.device)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    data = _prepare_data(cfg, run_dir, ckpt)
-    cfg = resolve_vocab_size(cfg, data.tokenizer.vocab_size, vocab_size_is_explicit(raw_config))
+    if cfg.data.sft is not None:
+        data = prepare_sft_data(cfg, run_dir, ckpt, init)
+    else:
+        data = _prepare_data(cfg, run_dir, ckpt, run_tokenizer(cfg, run_dir, ckpt, init))
+    if init is not None and ckpt is None:
+        check_tokenizer(init, data.tokenizer, cfg.model.vocab_size)
+    cfg = resolve_vocab_size(cfg, data.tokenizer.vocab_size, vocab_size_is_explicit(raw_config) or init is not None)
     if ckpt is not None:
         _check_resume_config(build_run_config(load_checkpoint_config(ckpt)), cfg, ckpt)
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     model = (model_factory or default_model_factory)(cfg.model).to(device)
+    if init is not None and ckpt is None:
+        load_init_weights(model, init)
+        print(f"init-from: weights of {init.describe()}")
+    if tc.lora is not None:
+        # After the base weights, before the optimizer: only the adapters train (training.lora).
+        model = apply_lora(model, tc.lora)
     optimizer = build_optimizer(model, tc)
     step = 0
     if ckpt is not None:
@@ -317,6 +308,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step = -1
+        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)
 
     def autocast(self):
         if self.cfg.train.dtype == "bfloat16":
@@ -331,7 +323,7 @@ class Trainer:
         tc = self.cfg.train
         step = start_step
         result = TrainResult(run_dir=self.run_dir, step=step)
-        stop = _StopFlag()
+        stop = StopSignals()
         stop.requested = stop_at_step is not None and step >= stop_at_step
         tokens_per_step = tc.batch_size * tc.seq_len
         # Redraw less often when stderr is a log file rather than a terminal.
@@ -345,14 +337,17 @@ class Trainer:
         step_time = None
         self.model.train()
         try:
-            with stop.catch_sigint():
+            with stop.catch():
                 while step < tc.max_steps and not stop.requested:
                     t0 = time.time()
                     lr = lr_at(step, tc)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     batch = self.windows.next_batch().to(self.device)
-                    loss, grad_norm = self._train_step(batch, step)
+                    try:
+                        loss, grad_norm = self._train_step(batch, step)
+                    except torch.OutOfMemoryError as e:
+                        raise torch.OutOfMemoryError(self._oom_message()) from e
                     step += 1
                     result.train_losses.append(loss)
                     interval_losses.append(loss)
@@ -400,31 +395,47 @@ class Trainer:
         bar.write(f"step {step}: val loss {result.val_loss:.4f}, ppl {result.val_ppl:.2f}")
 
     def _train_step(self, batch: torch.Tensor, step: int) -> tuple[float, float | None]:
-        """One optimizer step on a (B, T + 1) token batch; returns (loss, grad norm or None)."""
-        inputs, labels = batch[:, :-1], batch[:, 1:]
-        with self.autocast():
-            loss = self.model(inputs, labels=labels).loss
-        # Read the loss every step (a device sync): a NaN must stop us before it reaches the weights.
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            self._diverged(step, f"loss is {loss_value}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = None
-        if self.cfg.train.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip).item()
-            if not math.isfinite(grad_norm):
-                self._diverged(step, f"gradient norm is {grad_norm}")
-        self.optimizer.step()
-        return loss_value, grad_norm
+        """One optimizer step on a (B, T + 1) token batch; returns (loss, grad norm or None).
 
-    def _diverged(self, step: int, what: str) -> None:
-        last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"training diverged at step {step + 1}: {what}; {last} (weights of this step were not updated). "
-            "Lower train.lr, raise train.warmup_steps, set train.grad_clip, or use train.dtype=float32, "
-            "then --resume or start a new --run-dir"
-        )
+        A non-finite loss or gradient norm skips the optimizer step (``_bad_step``).
+        """
+        tc = self.cfg.train
+        inputs, labels, extra = split_batch(batch)
+        with self.autocast():
+            out = self.model(inputs, labels=labels, **extra)
+        loss = out.loss
+        if tc.z_loss > 0:
+            loss = loss + tc.z_loss * z_loss(out.logits, labels)
+        # Read the loss every step (a device sync): a NaN must not reach the weights.
+        loss_value = loss.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_value):
+            return self._bad_step(step, f"loss is {loss_value}"), None
+        loss.backward()
+        # max_norm=inf only measures the norm (the scale is clamped to 1: weights bit-identical).
+        clip = tc.grad_clip if tc.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip).item()
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._bad_step(step, f"gradient norm is {grad_norm}")
+            return loss_value, None
+        self.bad_steps.good()
+        self.optimizer.step()
+        return loss_value, grad_norm if tc.grad_clip is not None else None
+
+    def _bad_step(self, step: int, what: str) -> float:
+        """Log a skipped step (1-based ``step + 1``); raises ``TrainingDiverged`` after too many in a row."""
+        line = self.bad_steps.bad(step + 1, what, self.last_checkpoint)
+        tqdm.write(line)
+        self._log(step=step + 1, split="train", kind="bad_step", what=what, consecutive=self.bad_steps.consecutive)
+        return float("nan")
+
+    def _oom_message(self) -> str:
+        tc = self.cfg.train
+        memory = None
+        if self.device.type == "cuda":
+            memory = f"peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB allocated"
+        return oom_message(batch_size=tc.batch_size, seq_len=tc.seq_len, dtype=tc.dtype, memory=memory)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -434,7 +445,8 @@ class Trainer:
         for batch in iter_batches(self.val, self.cfg.train.batch_size):
             batch = batch.to(self.device)
             with self.autocast():
-                loss = self.model(batch[:, :-1], labels=batch[:, 1:]).loss
+                inputs, labels, extra = split_batch(batch)
+                loss = self.model(inputs, labels=labels, **extra).loss
             total += loss.float().item() * batch.shape[0]
             count += batch.shape[0]
         self.model.train()
