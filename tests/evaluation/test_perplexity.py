@@ -102,3 +102,26 @@ def test_cli_on_a_trained_checkpoint(tmp_path, capsys):
     assert record["stream"]["tokens"] == record["window"]["tokens"] == len(text.read_text())
     assert "perplexity" in capsys.readouterr().out
     assert cli.main([str(tmp_path / "missing")]) == 2
+
+
+def test_numbers_agree_with_lm_eval_rolling_loglikelihood(tmp_path):
+    """eval/perplexity.py and lm-eval's HFLM score the same exported model on the same
+    text: both prepend the end-of-document token and score every byte."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from tests.hf import tiny_hf_model
+    from xlstm_lm.evaluation import load_scorer
+    from xlstm_lm.hf.export import export_model
+
+    model = tiny_hf_model("ms", dtype=torch.float32, vocab_size=256, eos_token_id=0, pad_token_id=0)
+    export_model(model, ByteTokenizer(), tmp_path)
+    texts = ["Hello world, this is a test.", "def f(x):\n    return x * 2\n", "déjà vu"]
+    lm = HFLM(pretrained=str(tmp_path), trust_remote_code=True, batch_size=2, device="cpu", dtype="float32")
+    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)])
+    scorer = load_scorer(tmp_path)
+    for mode in ("stream", "window"):
+        res = evaluate(scorer, texts, mode, chunk=8, window=64, stride=32, progress=False)
+        # fp32 forward passes chunked differently: rounding only
+        assert res.nll_nats == pytest.approx(-sum(rolling), rel=1e-5), mode
+        assert res.bits_per_byte == pytest.approx(-sum(rolling) / math.log(2) / sum(len(t.encode()) for t in texts), rel=1e-5)
