@@ -82,10 +82,18 @@ def test_zero2_and_zero3_on_two_ranks_match_one_process(tmp_path):
     w2, w3 = load_file(str(files[2])), load_file(str(files[3]))
     missing, unexpected = model.load_state_dict(w3, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    # TODO: the final ZeRO-2 and ZeRO-3 weights differ by more than fp32 rounding after
-    # the 3rd step (losses of steps 1-3 agree exactly); find out why, then compare them.
     assert w2.keys() == w3.keys()
-    assert all(w2[k].shape == w3[k].shape for k in w2)
+    for k in w2:
+        a, b = w2[k], w3[k]
+        if k.endswith("slstm.bias"):
+            # With an empty initial state the sLSTM output is exactly invariant to a
+            # constant shift of the input-gate pre-activations (c and n scale together),
+            # so the input-gate bias gets a gradient of pure rounding noise, which Adam
+            # normalises into lr-sized steps that differ between reduction orders. The
+            # losses cannot see it; compare the other gates only.
+            a, b = a[:, 1:], b[:, 1:]
+        # fp32 gradients reduced in different orders over 3 AdamW steps
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), k
     model.load_state_dict({**w3, "lm_head.weight": w3["embedding.weight"]} if "lm_head.weight" not in w3 else w3)
     ids = torch.randint(0, 256, (1, 16))
     assert torch.isfinite(model(ids, labels=ids).loss)
