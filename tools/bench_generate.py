@@ -17,12 +17,9 @@ A JSON record goes to ``benchmarks/results/generate-<device>-<date>.json``
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +47,8 @@ if ARGS.dry_run:
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+
+from bench_record import write_record  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and not ARGS.dry_run else "cpu")
 
@@ -135,11 +134,6 @@ def measure(model, batch: int, prompt: int, gen: int, vocab: int, windows: bool 
     return row
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def main() -> int:
@@ -189,23 +183,13 @@ def main() -> int:
     import transformers
 
     record = {
-        "bench": "generate",
-        "device": device_name,
-        "dry_run": ARGS.dry_run,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
         "dtype": str(dtype),
         "config": ARGS.config if not ARGS.dry_run else "dry-run tiny",
         "params": params,
         "results": rows,
     }
-    out_dir = Path(ARGS.out or (ROOT / ("runs/bench-dry-run" if ARGS.dry_run else "benchmarks/results")))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
-    path = out_dir / f"generate-{slug}-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"\nrecord: {path}")
+    write_record("generate", device_name, ARGS.dry_run, record, ARGS.out)
     return 0
 
 

@@ -22,13 +22,10 @@ A peer that cannot run here is listed with the reason instead of a time.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -56,6 +53,8 @@ if ARGS.dry_run:
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+
+from bench_record import write_record  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and not ARGS.dry_run else "cpu")
 
@@ -372,11 +371,6 @@ def versions() -> dict:
     return out
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def print_table(rows) -> None:
@@ -422,22 +416,12 @@ def main() -> int:
     print_table(rows)
     device_name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"cpu-{platform.machine()}"
     record = {
-        "bench": "kernels",
-        "device": device_name,
-        "dry_run": ARGS.dry_run,
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
         "versions": versions(),
         "dtype": str(dtype),
         "results": rows,
     }
-    out_dir = Path(ARGS.out or (ROOT / ("runs/bench-dry-run" if ARGS.dry_run else "benchmarks/results")))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
-    path = out_dir / f"kernels-{slug}-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"\nrecord: {path}")
+    write_record("kernels", device_name, ARGS.dry_run, record, ARGS.out)
     return 0
 
 

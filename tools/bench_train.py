@@ -18,11 +18,8 @@ A JSON record goes to ``benchmarks/results/train-<device>-<date>.json`` (dry run
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +49,8 @@ if ARGS.dry_run:
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+
+from bench_record import write_record  # noqa: E402
 
 from xlstm_lm.training.monitor import format_mfu, mfu, peak_flops  # noqa: E402
 
@@ -124,11 +123,6 @@ def measure(name: str, model, seq_len: int, batch: int, vocab: int, flops_per_to
     }
 
 
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def main() -> int:
@@ -163,11 +157,6 @@ def main() -> int:
     import transformers
 
     record = {
-        "bench": "train",
-        "device": device_name,
-        "dry_run": ARGS.dry_run,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
         "precision": "bf16 autocast, fp32 weights" if DEVICE.type == "cuda" else "fp32",
         "tokens_per_step": tokens_per_step,
@@ -175,12 +164,7 @@ def main() -> int:
         "params": params,
         "results": rows,
     }
-    out_dir = Path(ARGS.out or (ROOT / ("runs/bench-dry-run" if ARGS.dry_run else "benchmarks/results")))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
-    path = out_dir / f"train-{slug}-{datetime.date.today().isoformat()}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"\nrecord: {path}")
+    write_record("train", device_name, ARGS.dry_run, record, ARGS.out)
     return 0
 
 
