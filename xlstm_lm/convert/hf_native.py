@@ -159,7 +159,9 @@ def _block_pairs(i: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _name_pairs(num_blocks: int) -> list[tuple[str, str]]:
+def name_pairs(num_blocks: int) -> list[tuple[str, str]]:
+    """(our name, built-in name) of every weight. The built-in model keeps
+    ``xlstm.xlstm_large`` names except ``embedding.weight`` -> ``backbone.embeddings.weight``."""
     pairs = [("embedding.weight", "backbone.embeddings.weight"), ("final_norm.weight", "backbone.out_norm.weight"),
              ("lm_head.weight", "lm_head.weight")]
     for i in range(num_blocks):
@@ -167,8 +169,8 @@ def _name_pairs(num_blocks: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _unfuse(sd: dict[str, torch.Tensor], hf_cfg, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """'fused' built-in weights -> the 'single' names."""
+def unfuse_weights(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """'fused' weights (built-in or ``xLSTMLarge``, same names) -> the 'single' names."""
     out = dict(sd)
     qk, v, H, ffn = cfg.mlstm7b_qk_dim, cfg.mlstm7b_v_dim, cfg.mlstm7b.num_heads, cfg.mlstm7b_ffn_dim
     for i in range(cfg.num_blocks):
@@ -193,7 +195,7 @@ def to_hf_xlstm(model: XLSTMLM, **token_ids):
     dtype = model.embedding.weight.dtype
     hf = xLSTMForCausalLM(hf_xlstm_config(model.config, dtype, **token_ids)).to(dtype).eval()
     ours = model.state_dict()
-    theirs = {b: ours[a].clone() for a, b in _name_pairs(model.config.num_blocks)}
+    theirs = {b: ours[a].clone() for a, b in name_pairs(model.config.num_blocks)}
     missing, unexpected = hf.load_state_dict(theirs, strict=False)
     if missing or unexpected:
         raise NativeFormatError(f"weight mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -207,9 +209,9 @@ def from_hf_xlstm(hf_model) -> XLSTMLM:
     cfg = model_config_from_hf(hf_cfg)
     sd = dict(hf_model.state_dict())
     if hf_cfg.weight_mode == "fused":
-        sd = _unfuse(sd, hf_cfg, cfg)
+        sd = unfuse_weights(sd, cfg)
     model = XLSTMLM(cfg).to(hf_model.lm_head.weight.dtype)
-    pairs = _name_pairs(cfg.num_blocks)
+    pairs = name_pairs(cfg.num_blocks)
     used = {b for _, b in pairs}
     extra = sorted(set(sd) - used)
     if extra:

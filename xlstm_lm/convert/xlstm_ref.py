@@ -154,60 +154,28 @@ def config_from_xlstm_large(ref_cfg) -> ModelConfig:
     )
 
 
-def _copy_linear(dst: torch.nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    dst.weight.copy_(weight)
-    if dst.bias is not None:
-        dst.bias.copy_(bias)
-
-
 @torch.no_grad()
 def from_xlstm_large(ref) -> XLSTMLM:
     """Build an ``XLSTMLM`` with the weights of an ``xlstm.xlstm_large.xLSTMLarge``
-    (either weight_mode, 'single' or 'fused')."""
+    (either weight_mode, 'single' or 'fused').
+
+    transformers' built-in xLSTM keeps the same weight names (but the embedding's), so
+    the name mapping of ``hf_native`` serves both.
+    """
+    from .hf_native import name_pairs, unfuse_weights
+
     rc = ref.config
+    if rc.use_bias:
+        raise ValueError(
+            "xLSTMLarge with use_bias=True puts biases on its norms, which XLSTMLM's xLSTM-7B blocks do not have"
+        )
     cfg = config_from_xlstm_large(rc)
-    model = XLSTMLM(cfg)
-    model.to(ref.embedding.weight.dtype)
-    model.embedding.weight.copy_(ref.embedding.weight)
-    model.lm_head.weight.copy_(ref.lm_head.weight)
-    if cfg.final_norm:
-        _copy_norm(model.final_norm, ref.backbone.out_norm)
-    qk, v = cfg.mlstm7b_qk_dim, cfg.mlstm7b_v_dim
-    H = cfg.mlstm7b.num_heads
-    for ours, theirs in zip(model.blocks, ref.backbone.blocks):
-        _copy_norm(ours.norm, theirs.norm_mlstm)
-        _copy_norm(ours.ffn_norm, theirs.norm_ffn)
-        lo, lt = ours.mlstm, theirs.mlstm_layer
-        if rc.weight_mode == "single":
-            for a, b in (("q", "q"), ("k", "k"), ("v", "v"), ("ogate", "ogate_preact"), ("igate", "igate_preact"), ("fgate", "fgate_preact")):
-                src = getattr(lt, b)
-                _copy_linear(getattr(lo, a), src.weight, src.bias)
-            _copy_linear(ours.ffn.gate, theirs.ffn.proj_up_gate.weight, theirs.ffn.proj_up_gate.bias)
-            _copy_linear(ours.ffn.up, theirs.ffn.proj_up.weight, theirs.ffn.proj_up.bias)
-        else:
-            sizes = [qk, qk, v, v]
-            ws = lt.qkv_opreact.weight.split(sizes, dim=0)
-            bs = lt.qkv_opreact.bias.split(sizes) if lt.qkv_opreact.bias is not None else [None] * 4
-            for name, w, b in zip(("q", "k", "v", "ogate"), ws, bs):
-                _copy_linear(getattr(lo, name), w, b)
-            wi, wf = lt.ifgate_preact.weight.split(H, dim=0)
-            bi, bf = lt.ifgate_preact.bias.split(H)
-            _copy_linear(lo.igate, wi, bi)
-            _copy_linear(lo.fgate, wf, bf)
-            up = theirs.ffn.up_proj_dim
-            wg, wz = theirs.ffn.proj_up_gate_z.weight.split(up, dim=0)
-            b = theirs.ffn.proj_up_gate_z.bias
-            bg, bz = b.split(up) if b is not None else (None, None)
-            _copy_linear(ours.ffn.gate, wg, bg)
-            _copy_linear(ours.ffn.up, wz, bz)
-        _copy_norm(lo.out_norm, lt.multihead_norm)
-        _copy_linear(lo.out_proj, lt.out_proj.weight, lt.out_proj.bias)
-        _copy_linear(ours.ffn.down, theirs.ffn.proj_down.weight, theirs.ffn.proj_down.bias)
+    model = XLSTMLM(cfg).to(ref.embedding.weight.dtype)
+    sd = dict(ref.state_dict())
+    sd["backbone.embeddings.weight"] = sd.pop("embedding.weight")
+    if rc.weight_mode == "fused":
+        sd = unfuse_weights(sd, cfg)
+    ours = model.state_dict()
+    # without add_out_norm there is no final norm on either side
+    model.load_state_dict({a: sd[b] for a, b in name_pairs(cfg.num_blocks) if a in ours}, strict=True)
     return model
-
-
-def _copy_norm(dst, src) -> None:
-    if dst.weight is not None:
-        dst.weight.copy_(src.weight)
-    if dst.bias is not None:
-        dst.bias.copy_(src.bias)
