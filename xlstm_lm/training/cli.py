@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from", default=None,
         help="start from the weights (and model config) of a run dir, checkpoint or HF folder (sets train.init_from)",
     )
+    # The `deepspeed` launcher appends --local_rank=N to the script's arguments (the rank
+    # itself is read from the LOCAL_RANK variable it also sets).
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4 model.num_blocks=2")
     return parser
 
