@@ -125,3 +125,93 @@ def test_numbers_agree_with_lm_eval_rolling_loglikelihood(tmp_path):
         # fp32 forward passes chunked differently: rounding only
         assert res.nll_nats == pytest.approx(-sum(rolling), rel=1e-5), mode
         assert res.bits_per_byte == pytest.approx(-sum(rolling) / math.log(2) / sum(len(t.encode()) for t in texts), rel=1e-5)
+
+
+# --- text through `datasets` -------------------------------------------------------------
+DOCS = [f"doc {i}: " + "héllo wörld, def f(x): return x\n" * (i % 4 + 1) for i in range(9)] + ["", "z"]
+
+
+@pytest.fixture(scope="module")
+def ppl_cli():
+    sys.path.insert(0, str(REPO / "eval"))
+    import perplexity as cli  # eval/perplexity.py
+
+    return cli
+
+
+@pytest.fixture(scope="module")
+def doc_sources(tmp_path_factory):
+    """The same documents as a folder of text files, JSONL (field 'content'), Parquet, and a
+    folder whose file names give the splits; plus a run dir with a tiny checkpoint."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.hf import make_run
+
+    root = tmp_path_factory.mktemp("sources")
+    (root / "txt").mkdir()
+    for i, d in enumerate(DOCS):
+        (root / "txt" / f"{i:03d}.txt").write_text(d)
+    rows = "".join(json.dumps({"content": d, "id": i}) + "\n" for i, d in enumerate(DOCS))
+    (root / "docs.jsonl").write_text(rows)
+    pq.write_table(pa.table({"content": DOCS, "id": list(range(len(DOCS)))}), root / "docs.parquet")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.jsonl").write_text(json.dumps({"content": "not this one", "id": -1}) + "\n")
+    (root / "splits" / "test.jsonl").write_text(rows)
+    (root / "empty.jsonl").write_text("")
+    make_run(root / "run", pattern="ms")
+    return root
+
+
+def _scores(cli, tmp_path, root, *args):
+    out = tmp_path / f"r{len(list(tmp_path.glob('r*.json')))}.json"
+    rc = cli.main([str(root / "run"), *args, "--mode", "both", "--chunk", "16", "--window", "24", "--stride", "8",
+                   "--out", str(out)])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["arrow", "streaming"])
+def test_dataset_sources_score_exactly_like_the_text_files(ppl_cli, doc_sources, tmp_path, streaming):
+    """--dataset (JSONL, Parquet, builder + data files, a folder's split) gives the numbers
+    of --text on the same documents: each record one document, scored from a fresh state."""
+    root = doc_sources
+    want = _scores(ppl_cli, tmp_path, root, "--text", str(root / "txt"))
+    assert want["stream"]["documents"] == len(DOCS) - 1  # the empty document scores nothing
+    common = ["--text-field", "content", "--cache-dir", str(tmp_path / "cache"), *(["--streaming"] if streaming else [])]
+    sources = [["--dataset", str(root / "docs.jsonl")], ["--dataset", str(root / "docs.parquet")]]
+    if not streaming:
+        # how the source is named, not how it is read
+        sources += [["--dataset", "json", "--data-files", str(root / "docs.jsonl")],
+                    ["--dataset", str(root / "splits"), "--split", "test"], ["--dataset", str(root / "txt")]]
+    for source in sources:
+        got = _scores(ppl_cli, tmp_path, root, *source, *common)
+        for mode in ("stream", "window"):
+            assert got[mode] == want[mode], (source, mode)
+    if streaming:
+        # --max-docs: the first N records only
+        few = _scores(ppl_cli, tmp_path, root, "--dataset", str(root / "docs.jsonl"), "--max-docs", "3", *common)
+        (root / "txt3").mkdir(exist_ok=True)
+        for i, d in enumerate(DOCS[:3]):
+            (root / "txt3" / f"{i:03d}.txt").write_text(d)
+        assert few["stream"] == _scores(ppl_cli, tmp_path, root, "--text", str(root / "txt3"))["stream"]
+
+
+def test_dataset_errors_name_the_columns_and_the_problem(ppl_cli, doc_sources, tmp_path, capsys):
+    root = doc_sources
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert ppl_cli.main([str(root / "run"), "--dataset", str(root / "docs.jsonl"), *cache]) == 2
+    err = capsys.readouterr().err
+    assert "no field 'text'" in err and "content, id" in err and "--text-field" in err
+    for streaming in ([], ["--streaming"]):
+        assert ppl_cli.main([str(root / "run"), "--dataset", str(root / "docs.parquet"), "--text-field", "body",
+                             *cache, *streaming]) == 2
+        assert "available columns: content, id" in capsys.readouterr().err
+    assert ppl_cli.main([str(root / "run"), "--dataset", str(root / "empty.jsonl"), *cache]) == 2
+    assert "holds no records" in capsys.readouterr().err
+    assert ppl_cli.main([str(root / "run"), "--dataset", str(root / "splits"), "--split", "validation", *cache]) == 2
+    assert "splits by file name: train, test" in capsys.readouterr().err
+    assert ppl_cli.main([str(root / "run"), "--dataset", str(root / "splits"), *cache]) == 2
+    assert "holds the splits train, test (by file names); choose one (--split)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ppl_cli.main([str(root / "run"), "--text", str(root / "txt"), "--dataset", str(root / "docs.jsonl")])

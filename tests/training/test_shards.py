@@ -17,10 +17,14 @@ DOCS = [f"document {i}: " + "héllo wörld " * (i % 7 + 1) + f"end {i}\n" for i 
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    """The same documents as JSONL (field 'content'), Parquet and a folder of .txt files."""
+def corpus(tmp_path, monkeypatch):
+    """The same documents as JSONL (field 'content'), Parquet and a folder of .txt files;
+    the datasets cache (non-streaming reads) under tmp_path."""
+    import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"content": d, "id": i}) + "\n" for i, d in enumerate(DOCS)))
     pq.write_table(pa.table({"content": DOCS}), tmp_path / "docs.parquet")
@@ -97,3 +101,35 @@ def test_ranks_read_disjoint_slices_whose_union_is_the_single_process_batch(tmp_
             assert seen.isdisjoint(p.rows.tolist())
             seen.update(p.rows.tolist())
     assert len(seen) == single.batches_per_epoch * 6
+
+
+@pytest.mark.parametrize("source", ["docs.jsonl", "docs.parquet"])
+def test_streaming_writes_byte_identical_shards(corpus, source):
+    """--streaming (records read as they come, shards written as they fill) and the
+    materialised data set give the same bytes in every file, manifest included."""
+    outs = []
+    for streaming in (False, True):
+        out = corpus / f"shards-{source}-{streaming}"
+        prepare_data([str(corpus / source), "--out", str(out), "--text-field", "content", "--shard-tokens", "400",
+                      "--cache-dir", str(corpus / "cache"), *(["--streaming"] if streaming else [])])
+        outs.append(out)
+    names = sorted(p.relative_to(outs[0]).as_posix() for p in outs[0].rglob("*") if p.is_file())
+    assert len([n for n in names if n.endswith(".bin")]) > 2
+    assert names == sorted(p.relative_to(outs[1]).as_posix() for p in outs[1].rglob("*") if p.is_file())
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_builder_with_data_files_split_and_field_errors(corpus):
+    (corpus / "split").mkdir()
+    (corpus / "split" / "train.jsonl").write_text((corpus / "docs.jsonl").read_text())
+    (corpus / "split" / "validation.jsonl").write_text(json.dumps({"content": "held out", "id": 0}) + "\n")
+    a = prepare_data(["json", "--data-files", str(corpus / "docs.jsonl"), "--out", str(corpus / "a"),
+                      "--text-field", "content", "--streaming", "--max-docs", "7"])
+    assert a["documents"] == 7
+    b = prepare_data([str(corpus / "split"), "--split", "validation", "--out", str(corpus / "b"),
+                      "--text-field", "content", "--streaming"])
+    assert [ByteTokenizer().decode(d[:-1].tolist()) for d in TokenShards.open(corpus / "b").documents()] == ["held out"]
+    assert b["documents"] == 1
+    with pytest.raises(SystemExit, match="available columns: content, id"):
+        prepare_data([str(corpus / "docs.jsonl"), "--out", str(corpus / "c"), "--streaming"])

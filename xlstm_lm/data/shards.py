@@ -1,5 +1,11 @@
-"""Pre-tokenized, memory-mapped token shards with document boundaries, and the packed
-row loader that training reads them with.
+"""Text sources read through ``datasets``; pre-tokenized, memory-mapped token shards with
+document boundaries; and the packed row loader that training reads them with.
+
+``TextSource`` is any text the ``datasets`` library reads, one document per record
+(the record's text field): a hub name (with a config and split), a local file or
+folder of .txt/.md/.jsonl/.json/.parquet/.csv files, or a builder name with data
+files (``load_dataset("json", data_files=...)``). ``tools/prepare_data.py`` and
+``eval/perplexity.py`` read their text through it.
 
 Layout of a shard folder (written once by ``tools/prepare_data.py``)::
 
@@ -19,16 +25,210 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .corpus import DataError
 from .tokenizers import Tokenizer, load_tokenizer
 
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
+
+#: File endings read from a local source, and the ``datasets`` builder that reads each.
+DATASET_BUILDERS = {
+    ".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv",
+}
+
+
+# --- text sources ----------------------------------------------------------------------
+def local_data_files(path: Path, split: str | None = None) -> dict[str, list[str]]:
+    """The readable files of a local file or folder, grouped by ``datasets`` builder
+    (groups in the order of their first file; files sorted by relative path).
+
+    The folder's files are assigned to splits by their names, as ``load_dataset(folder)``
+    does (``train.jsonl``, ``ptb.test.txt``, ``valid/part-0.parquet``; a folder without
+    such names is all 'train'), and the files of ``split`` are read; ``split`` None: every
+    file, unless the names give several splits (an error naming them: choose one).
+    Empty files are left out.
+    """
+    if path.is_file():
+        if split not in (None, "train"):
+            raise DataError(f"{path} is a single file, which is the 'train' split only; leave out split={split!r}")
+        files = [path]
+    elif path.is_dir():
+        files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+        from datasets.data_files import DataFilesDict, get_data_patterns
+
+        try:
+            by_split = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+        except FileNotFoundError:
+            by_split = {}
+        names = [str(s) for s in by_split]
+        if split is None and len(names) > 1:
+            raise DataError(f"{path} holds the splits {', '.join(names)} (by file names); choose one (--split)")
+        if split is not None:
+            if split not in names:
+                raise DataError(
+                    f"{path} has no files of split {split!r} (splits by file name: {', '.join(names) or 'none'}); "
+                    "pass one of those"
+                )
+            chosen = {Path(f).resolve() for f in by_split[split]}
+            files = [f for f in files if f.resolve() in chosen]
+        files = [f for f in files if not any(part.startswith(".") for part in f.relative_to(path).parts)]
+    else:
+        raise DataError(f"{path} does not exist")
+    files = [f for f in files if f.suffix.lower() in DATASET_BUILDERS]
+    if not files:
+        raise DataError(f"no {'/'.join(DATASET_BUILDERS)} files in {path}" + (f" for split {split!r}" if split else ""))
+    groups: dict[str, list[str]] = {}
+    # Empty files hold no records (and some datasets readers fail on them).
+    for f in files:
+        if f.stat().st_size > 0:
+            groups.setdefault(DATASET_BUILDERS[f.suffix.lower()], []).append(str(f))
+    if not groups:
+        raise DataError(f"{path} holds no records: its {len(files)} data file(s) are empty")
+    return groups
+
+
+def _load_dataset(what: str, *args, **kwargs):
+    """``datasets.load_dataset`` whose failures become DataError naming the source."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 (any datasets/hub/IO failure: report it, with its type)
+        raise DataError(f"datasets cannot load {what} ({_root_cause(e)})") from e
+
+
+def _root_cause(e: BaseException) -> str:
+    """'Type: message' of the innermost cause (datasets wraps the real error), first and last line."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = " ... ".join(lines[:1] + lines[1:][-1:])
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@dataclass
+class TextSource:
+    """Documents read through ``datasets``: one per record, the record's ``text_field``.
+
+    ``name`` is a local file or folder; or, with ``data_files``, a builder name
+    (``json``, ``parquet``, ``text``, ``csv``: ``load_dataset(name, data_files=...)``);
+    or else a hub data set name (with ``config``). Text files are one document each
+    (``sample_by``: or one per paragraph / line); ``datasets`` reads them in text mode,
+    so ``\\r\\n`` line ends become ``\\n``. For a local folder see
+    ``local_data_files``. A hub data set without ``split`` must have exactly one.
+
+    ``streaming`` iterates the records as they are read, without materialising the
+    data set in the ``datasets`` Arrow cache (``cache_dir``) first: memory and disk
+    stay bounded for any corpus size. Iterating the source starts over each time;
+    ``max_docs`` / ``max_bytes`` cap what one pass yields (the last document is cut at
+    a UTF-8 character boundary). A record whose text is null is an empty document.
+    """
+
+    name: str
+    config: str | None = None
+    split: str | None = None
+    text_field: str = "text"
+    streaming: bool = False
+    data_files: list[str] | None = None
+    sample_by: str = "document"
+    max_docs: int | None = None
+    max_bytes: int | None = None
+    cache_dir: str | None = None
+    _opened: list[tuple[Any, str, str]] | None = field(default=None, init=False, repr=False)
+
+    def _load_files(self, builder: str, files: list[str], split: str) -> tuple[Any, str, str]:
+        extra = {"sample_by": self.sample_by} if builder == "text" else {}
+        label = f"{builder} files {files[0]}" + (f" (+{len(files) - 1} more)" if len(files) > 1 else "")
+        ds = _load_dataset(label, builder, data_files=files, split=split, streaming=self.streaming,
+                           cache_dir=self.cache_dir, **extra)
+        return ds, "text" if builder == "text" else self.text_field, label
+
+    def _load_hub(self) -> tuple[Any, str, str]:
+        label = self.name + (f" ({self.config})" if self.config else "")
+        split = self.split
+        if split is None:
+            import datasets
+
+            try:
+                names = datasets.get_dataset_split_names(self.name, self.config)
+            except Exception as e:  # noqa: BLE001
+                raise DataError(
+                    f"{self.name} is not a local file or folder, and the hub data set cannot be opened "
+                    f"({_root_cause(e)}); check the path, or the name and the network (hub names need it unless cached)"
+                ) from e
+            if len(names) != 1:
+                raise DataError(f"{label} has splits {', '.join(names)}; choose one (--split)")
+            split = names[0]
+        ds = _load_dataset(f"the hub data set {label} split {split!r}", self.name, self.config, split=split,
+                           streaming=self.streaming, cache_dir=self.cache_dir)
+        return ds, self.text_field, f"{label} [{split}]"
+
+    def open(self) -> list[tuple[Any, str, str]]:
+        """``(dataset, text field, label)`` of every part, loaded once."""
+        if self._opened is None:
+            if self.data_files:
+                self._opened = [self._load_files(self.name, list(self.data_files), self.split or "train")]
+            elif Path(self.name).expanduser().exists():
+                groups = local_data_files(Path(self.name).expanduser(), self.split)
+                self._opened = [self._load_files(b, files, "train") for b, files in groups.items()]
+            else:
+                self._opened = [self._load_hub()]
+        return self._opened
+
+    def check(self) -> None:
+        """Fail now, with a message saying what to do, when the source cannot give
+        documents: it cannot be loaded, has no records, or lacks the text field."""
+        records = 0
+        for ds, text_field, label in self.open():
+            first = next(iter(ds), None)
+            if first is None:
+                continue
+            records += 1
+            if text_field not in first:
+                raise DataError(
+                    f"records of {label} have no field {text_field!r}; available columns: "
+                    f"{', '.join(sorted(first))} (choose one with --text-field)"
+                )
+        if records == 0:
+            raise DataError(f"{self.name} holds no records (an empty data set or split); nothing to read")
+
+    def __iter__(self) -> Iterator[str]:
+        remaining = self.max_bytes
+        count = 0
+        for ds, text_field, label in self.open():
+            for i, row in enumerate(ds):
+                if (self.max_docs is not None and count >= self.max_docs) or (remaining is not None and remaining <= 0):
+                    return
+                if text_field not in row:
+                    raise DataError(
+                        f"record {i} of {label} has no field {text_field!r}; its columns: {', '.join(sorted(row))}"
+                    )
+                text = row[text_field]
+                if text is None:
+                    text = ""
+                if not isinstance(text, str):
+                    raise DataError(
+                        f"record {i} of {label}: field {text_field!r} holds {type(text).__name__}, not text"
+                    )
+                if remaining is not None:
+                    data = text.encode("utf-8")
+                    if len(data) > remaining:
+                        text = data[:remaining].decode("utf-8", errors="ignore")
+                    remaining -= min(len(data), remaining)
+                count += 1
+                yield text
+
+
+# --- shards ------------------------------------------------------------------------------
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -55,11 +55,15 @@ class Scorer:
 
 
 def _is_hf_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    from ..hf.zero import DS_DIR
+
+    # a DeepSpeed run dir has a config.json too (the run config), beside its deepspeed/ folder
+    return (path / "config.json").is_file() and not (path / DS_DIR).is_dir()
 
 
 def load_scorer(source: str | Path, device: str = "cpu") -> Scorer:
-    """A scorer for a training run dir / checkpoint folder, or a Hugging Face model folder."""
+    """A scorer for a training run dir / checkpoint folder, a DeepSpeed run (consolidated in
+    memory), or a Hugging Face model folder."""
     path = Path(source)
     dev = torch.device(device)
     if not path.exists():
@@ -178,14 +182,17 @@ def evaluate(
     max_tokens: int | None = None,
     progress: bool = True,
 ) -> PerplexityResult:
-    """Score every document of ``texts``; see the module docstring for the accounting."""
+    """Score every document of ``texts``; see the module docstring for the accounting.
+
+    ``texts`` is iterated once, document by document (a streamed data set is never
+    held in memory), in stream mode each document from a fresh state."""
     from tqdm import tqdm
 
-    texts = list(texts)
     total_nll, total_tokens, total_bytes, total_chars, ndocs = 0.0, 0, 0, 0, 0
     pos_sum: dict[int, float] = {}
     pos_cnt: dict[int, int] = {}
-    bar = tqdm(texts, desc=f"{mode} eval", unit="doc", disable=not progress)
+    total = len(texts) if hasattr(texts, "__len__") else None
+    bar = tqdm(texts, total=total, desc=f"{mode} eval", unit="doc", disable=not progress)
     for text in bar:
         ids = scorer.encode(text)
         if max_tokens is not None:

@@ -10,6 +10,10 @@
 * tokenizer files: byte -> a ``tokenizers`` byte model (``tokenizer.json``, no
   remote code); sentencepiece -> the ``.model`` file with ``tokenization_xlstm_lm.py``
   (remote code, exact ids); Hugging Face -> its own ``save_pretrained`` files;
+* the chat template of a model fine-tuned with ``data.sft`` (``chat_template.jinja``):
+  the run's ``simple`` / ``plain`` format written as Jinja, or the Hugging Face
+  tokenizer's own template, so ``apply_chat_template(messages, add_generation_prompt=True)``
+  gives the token ids the model was trained on (see ``sft_chat_template``);
 * ``README.md``: a model card (architecture, parameters, training data, validation
   perplexity from the run's ``metrics.jsonl`` when present).
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +103,26 @@ def hf_config_for(model_cfg: ModelConfig, tokenizer: Tokenizer | None) -> XLSTML
     return XLSTMLMConfig(model=model_cfg, eos_token_id=eos, pad_token_id=eos, bos_token_id=None)
 
 
-def load_checkpoint_as_hf(path: str | Path) -> tuple[XLSTMLMForCausalLM, Tokenizer, Path, dict[str, Any]]:
-    """``(model, tokenizer, checkpoint folder, run config)`` of a run dir or checkpoint."""
+def load_checkpoint_as_hf(
+    path: str | Path, tokenizer: str | Path | None = None, tag: str | None = None
+) -> tuple[XLSTMLMForCausalLM, Tokenizer, Path, dict[str, Any]]:
+    """``(model, tokenizer, checkpoint folder, run config)`` of a run dir or checkpoint.
+
+    A DeepSpeed run (its run dir, ``deepspeed/`` folder or one tag folder) is
+    consolidated first (``zero.consolidate_run``: ``tag`` None is the latest; the
+    tokenizer is found with the run's shards unless ``tokenizer`` names it); the
+    returned checkpoint folder is then the DeepSpeed tag folder.
+    """
+    from .zero import ZeroError, consolidate_run, find_deepspeed_checkpoint
+
+    try:
+        ds = find_deepspeed_checkpoint(path, tag)
+        if ds is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                model, tok, _, run_cfg = load_checkpoint_as_hf(consolidate_run(ds.path, tmp, tokenizer=tokenizer))
+            return model, tok, ds.path, run_cfg
+    except ZeroError as e:
+        raise ExportError(str(e)) from None
     ckpt = resolve_checkpoint(path)
     run_cfg = ckpt_io.load_checkpoint_config(ckpt) if (ckpt / ckpt_io.CONFIG_FILE).is_file() else None
     if not isinstance(run_cfg, dict) or not isinstance(run_cfg.get("model"), dict):
@@ -177,11 +200,120 @@ def byte_tokenizer_fast():
     )
 
 
-def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> list[str]:
-    """Write HF tokenizer files for ``tokenizer`` into ``out_dir``; returns what was written."""
+# --- chat template ---------------------------------------------------------------------
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def _jinja_str(text: str) -> str:
+    """A Jinja string literal of ``text`` (Jinja decodes Python escapes in literals)."""
+    return "'" + text.encode("unicode_escape").decode("ascii").replace("'", "\\'") + "'"
+
+
+def eos_text(tokenizer: Tokenizer) -> str:
+    """Text that the exported tokenizer encodes, inside a chat template, as the end-of-document id.
+
+    Byte: the NUL character (byte 0 is the id, in training too). Sentencepiece: the eos
+    piece, which the exported tokenizer parses as a special token in chat templates only
+    (``XLSTMLMSentencePieceTokenizer.apply_chat_template``). Hugging Face: its eos token,
+    a special token that its encoding parses.
+    """
+    if isinstance(tokenizer, ByteTokenizer):
+        return chr(tokenizer.eos_id)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return tokenizer._sp.id_to_piece(tokenizer.eos_id)
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer._tok.convert_ids_to_tokens(tokenizer.eos_id)
+    raise ExportError(f"no chat template export for tokenizer kind {tokenizer.kind!r}")
+
+
+def chat_template_jinja(template: str, eos: str) -> str:
+    """The Jinja form of ``data.sft``'s ``simple`` or ``plain`` conversation format.
+
+    Rendered like ``ChatFormatter``: a message is its role tag (simple: ``<|role|>``
+    and a newline) and its content, then a newline, or ``eos`` after an assistant's;
+    ``add_generation_prompt`` appends the assistant's tag. Every output is a Jinja
+    expression, so whitespace control cannot change it.
+    """
+    if template not in ("simple", "plain"):
+        raise ExportError(f"no Jinja form of chat template {template!r}")
+    simple = template == "simple"
+    tag = "'<|' + message['role'] + '|>\\n' + " if simple else ""
+    return (
+        "{%- for message in messages -%}"
+        f"{{{{- {tag}message['content'] -}}}}"
+        f"{{%- if message['role'] == 'assistant' -%}}{{{{- {_jinja_str(eos)} -}}}}"
+        "{%- else -%}{{- '\\n' -}}{%- endif -%}"
+        "{%- endfor -%}"
+        + ("{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}" if simple else "")
+    )
+
+
+def sft_chat_template(tokenizer: Tokenizer, run_cfg: dict[str, Any] | None) -> str | None:
+    """The chat template to ship for a model fine-tuned with ``data.sft`` (None: not an SFT
+    run, or the Hugging Face tokenizer's own template, which its files carry)."""
+    sft = ((run_cfg or {}).get("data") or {}).get("sft")
+    if not sft:
+        return None
+    from ..data.sft import ChatFormatter
+
+    try:
+        template = ChatFormatter(tokenizer, sft.get("chat_template", "auto")).template
+    except ValueError as e:
+        raise ExportError(f"the run's data.sft chat template cannot be exported: {e}") from None
+    return None if template == "hf" else chat_template_jinja(template, eos_text(tokenizer))
+
+
+#: A conversation of every role, with an earlier assistant turn, for checking an exported template.
+PROBE_CONVERSATION = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "reverse: abc"},
+    {"role": "assistant", "content": "cba"},
+    {"role": "user", "content": "and  x = [1, 2]\n?"},
+    {"role": "assistant", "content": "?\n]2 ,1[ = x  dna"},
+]
+
+
+def chat_template_problem(out_dir: str | Path, tokenizer: Tokenizer, run_cfg: dict[str, Any] | None) -> str | None:
+    """Why the exported folder's chat template does not reproduce the fine-tuning token ids
+    (None: it does, or the run was not fine-tuned on conversations).
+
+    Compares, on ``PROBE_CONVERSATION``, ``apply_chat_template`` of the whole conversation
+    with the ids ``ChatFormatter.encode`` trained on, and with ``add_generation_prompt``
+    the conversation before the last answer with the trained ids before that answer.
+    """
+    sft = ((run_cfg or {}).get("data") or {}).get("sft")
+    if not sft:
+        return None
+    from transformers import AutoTokenizer
+
+    from ..data.sft import ChatFormatter
+
+    fmt = ChatFormatter(tokenizer, sft.get("chat_template", "auto"))
+    hf = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)
+    if not getattr(hf, "chat_template", None):
+        return f"{out_dir} has no chat template"
+    ids, trained = fmt.encode(PROBE_CONVERSATION)
+    answer = len(trained)
+    while answer > 0 and trained[answer - 1]:
+        answer -= 1
+    got_all = list(hf.apply_chat_template(PROBE_CONVERSATION, return_dict=False))
+    got_prompt = list(hf.apply_chat_template(PROBE_CONVERSATION[:-1], add_generation_prompt=True, return_dict=False))
+    for what, got, want in (("conversation", got_all, ids), ("prompt", got_prompt, ids[:answer])):
+        if got != want:
+            at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            return (f"the exported chat template ({fmt.template}) tokenizes the probe {what} differently from "
+                    f"fine-tuning from token {at} on: {got[at:at + 8]} vs {want[at:at + 8]}")
+    return None
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path, chat_template: str | None = None) -> list[str]:
+    """Write HF tokenizer files for ``tokenizer`` (and ``chat_template``, when given) into
+    ``out_dir``; returns what was written."""
     before = set(p.name for p in out_dir.iterdir())
     if isinstance(tokenizer, ByteTokenizer):
-        byte_tokenizer_fast().save_pretrained(out_dir)
+        fast = byte_tokenizer_fast()
+        fast.chat_template = chat_template
+        fast.save_pretrained(out_dir)
     elif isinstance(tokenizer, SentencePieceTokenizer):
         shutil.copyfile(Path(__file__).with_name("tokenization.py"), out_dir / f"{SP_TOKENIZER_MODULE}.py")
         (out_dir / "sentencepiece.model").write_bytes(tokenizer._proto)
@@ -201,8 +333,17 @@ def save_hf_tokenizer(tokenizer: Tokenizer, out_dir: Path) -> list[str]:
             "model_max_length": int(1e12),
         }
         (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if chat_template is not None:
+            (out_dir / CHAT_TEMPLATE_FILE).write_text(chat_template)
     elif isinstance(tokenizer, HFTokenizer):
-        tokenizer._tok.save_pretrained(out_dir)
+        tok = tokenizer._tok
+        own = getattr(tok, "chat_template", None)
+        if chat_template is not None:
+            tok.chat_template = chat_template
+        try:
+            tok.save_pretrained(out_dir)
+        finally:
+            tok.chat_template = own
     else:
         raise ExportError(f"no Hugging Face export for tokenizer kind {tokenizer.kind!r}")
     return sorted(set(p.name for p in out_dir.iterdir()) - before)
@@ -242,7 +383,8 @@ def model_card(
     n, n_emb = model.num_params(), model.model.embedding.weight.numel()
     data = (run_cfg or {}).get("data") or {}
     train = (run_cfg or {}).get("train") or {}
-    corpus = data.get("path") or ("the built-in corpus (Python standard library sources)" if run_cfg else "unknown")
+    corpus = (data.get("path") or (f"token shards {data['shards']}" if data.get("shards") else None)
+              or ("the built-in corpus (Python standard library sources)" if run_cfg else "unknown"))
     lines = [
         "---",
         "library_name: transformers",
@@ -315,7 +457,8 @@ def export_model(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` (+ tokenizer, code, card) as a self-contained HF folder.
-    ``dtype`` casts ``model`` in place before saving."""
+    ``dtype`` casts ``model`` in place before saving. A ``run_cfg`` with ``data.sft``
+    ships the chat template the model was fine-tuned with."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if dtype is not None:
@@ -333,15 +476,18 @@ def export_model(
         model.config = saved
     write_bundle(out_dir)
     if tokenizer is not None:
-        save_hf_tokenizer(tokenizer, out_dir)
+        save_hf_tokenizer(tokenizer, out_dir, sft_chat_template(tokenizer, run_cfg))
     (out_dir / "README.md").write_text(model_card(model, tokenizer, run_cfg, metrics, source))
     return out_dir
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Export a run dir (its latest checkpoint) or a checkpoint folder to ``out_dir``."""
+def export_checkpoint(
+    path: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None, tokenizer: str | Path | None = None
+) -> Path:
+    """Export a run dir (its latest checkpoint), a checkpoint folder or a DeepSpeed run to
+    ``out_dir`` (``tokenizer``: see ``load_checkpoint_as_hf``)."""
     try:
-        model, tokenizer, ckpt, run_cfg = load_checkpoint_as_hf(path)
+        model, tokenizer, ckpt, run_cfg = load_checkpoint_as_hf(path, tokenizer)
     except ConfigError as e:
         raise ExportError(f"{resolve_checkpoint(path) / ckpt_io.CONFIG_FILE}: {e}") from None
     return export_model(model, tokenizer, out_dir, run_cfg, read_val_metrics(ckpt), str(ckpt), dtype)
@@ -349,6 +495,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, dtype: torch.dtype 
 
 __all__ = [
     "ExportError",
+    "chat_template_problem",
     "byte_tokenizer_fast",
     "export_checkpoint",
     "export_model",
@@ -356,4 +503,5 @@ __all__ = [
     "read_val_metrics",
     "resolve_checkpoint",
     "save_hf_tokenizer",
+    "sft_chat_template",
 ]

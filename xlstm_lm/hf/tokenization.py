@@ -5,7 +5,10 @@ tokenizer is sentencepiece. A conversion to a ``tokenizers`` Unigram model is no
 exact (tie-breaking between equal-score segmentations differs), so this class
 calls sentencepiece itself: ids equal ``SentencePieceTokenizer.encode`` and
 ``decode(encode(text)) == text``. Special-token strings in the text are not parsed
-(``split_special_tokens=True``): text is always encoded as text.
+(``split_special_tokens=True``): text is always encoded as text. Chat templates are
+the exception: ``apply_chat_template`` parses them, as the end-of-document token the
+exported template writes after every assistant message (a sentencepiece control
+symbol, which no text encodes to) must become its id.
 
 This module imports only transformers (and sentencepiece, when instantiated).
 """
@@ -50,6 +53,11 @@ class XLSTMLMSentencePieceTokenizer(PreTrainedTokenizer):
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return self.sp_model.decode_pieces(list(tokens))
+
+    def apply_chat_template(self, conversation, *args, tokenizer_kwargs=None, **kwargs):
+        # The template's special tokens (eos after an assistant message) are tokens, not text.
+        tokenizer_kwargs = {"split_special_tokens": False, **(tokenizer_kwargs or {})}
+        return super().apply_chat_template(conversation, *args, tokenizer_kwargs=tokenizer_kwargs, **kwargs)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
         name = (filename_prefix + "-" if filename_prefix else "") + self.vocab_files_names["vocab_file"]
