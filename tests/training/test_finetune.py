@@ -121,6 +121,32 @@ def test_hf_chat_template_masks_all_but_the_assistant(tmp_path):
     assert tok.decode(fmt.prompt_ids(messages[:2])) == "<system>be brief<user>hi<assistant>"
 
 
+@pytest.mark.parametrize("template", ["simple", "plain", "hf"])
+def test_multi_turn_prompt_ids_are_the_training_ids_up_to_the_answer(template, tmp_path):
+    # Earlier assistant turns end with eos in training; the generation prompt must too.
+    if template == "hf":
+        from xlstm_lm.data.tokenizers import HFTokenizer
+        from xlstm_lm.hf.export import byte_tokenizer_fast
+
+        hf = byte_tokenizer_fast()
+        hf.chat_template = (
+            "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}"
+        )
+        hf.save_pretrained(tmp_path)
+        tok = HFTokenizer(str(tmp_path))
+    else:
+        tok = ByteTokenizer()
+    fmt = ChatFormatter(tok, template)
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+             {"role": "user", "content": "again"}, {"role": "assistant", "content": "ok"}]
+    ids, trained = fmt.encode(turns)
+    answer = [i for i, t in zip(ids, trained) if t][-(len(tok.encode("ok")) + 1):]
+    prompt = fmt.prompt_ids(turns[:3])
+    assert prompt + answer == ids
+    assert tok.eos_id in prompt  # the first answer's end
+
+
 def test_packing_labels_and_resets():
     tok = ByteTokenizer()
     fmt = ChatFormatter(tok, "plain")

@@ -156,12 +156,11 @@ class ChatFormatter:
                 out.append((tag + m["content"] + "\n", False))
         return out
 
-    def encode(self, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
-        """Token ids of a whole conversation and, per token, whether it is trained."""
+    def _encode_segments(self, segments: list[tuple[str, bool]]) -> tuple[list[int], list[bool]]:
         ids: list[int] = []
         trained: list[bool] = []
         eos = self.tokenizer.eos_id
-        for text, is_trained in self._segments(messages):
+        for text, is_trained in segments:
             piece = self.tokenizer.encode(text) if text else []
             if is_trained and (not piece or piece[-1] != eos):
                 piece = piece + [eos]
@@ -169,14 +168,17 @@ class ChatFormatter:
             trained += [is_trained] * len(piece)
         return ids, trained
 
+    def encode(self, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
+        """Token ids of a whole conversation and, per token, whether it is trained."""
+        return self._encode_segments(self._segments(messages))
+
     def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
-        """Ids to feed for generation: the conversation up to where the assistant answers."""
+        """Ids to feed for generation: the conversation up to where the assistant answers,
+        tokenized exactly as in training (earlier assistant turns end with eos)."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if self.template == "hf":
-            text = self.tokenizer._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer.encode(text)
+        # render with an empty answer to come, then drop that answer's own piece
         segments = self._segments(messages + [{"role": "assistant", "content": ""}])
-        return [i for text, _ in segments[:-1] if text for i in self.tokenizer.encode(text)]
+        return self._encode_segments(segments[:-1])[0]
 
 
 # --- packing --------------------------------------------------------------------------------
