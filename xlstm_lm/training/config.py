@@ -111,6 +111,10 @@ class TrainConfig:
     """Compute dtype; bfloat16 runs under autocast with float32 weights and optimizer."""
     run_dir: str = "runs/default"
     """Folder of checkpoints, metrics.jsonl, the tokenizer and the token cache."""
+    tensorboard: bool = True
+    """Mirror metrics.jsonl to TensorBoard event files in run_dir/tensorboard."""
+    wandb_project: str | None = None
+    """Also log metrics.jsonl's records to this Weights & Biases project (needs `pip install wandb`); null: off."""
     sample_tokens: int = 200
     """Tokens generated from sample_prompt at the end of training (0: no sample)."""
     sample_prompt: str = "def "
@@ -144,6 +148,7 @@ class TrainConfig:
         )
         check(self.sample_tokens >= 0, f"train.sample_tokens must be >= 0, got {self.sample_tokens}")
         check(self.run_dir != "", "train.run_dir must not be empty")
+        check(self.wandb_project != "", "train.wandb_project must be a project name or null (no wandb)")
 
 
 @dataclass

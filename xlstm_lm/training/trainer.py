@@ -2,14 +2,17 @@
 
 ``train(raw_config)`` runs a whole job; its steps, in order:
 
-1. validate the config (unknown keys and bad values fail here, before any work);
+1. validate the config (unknown keys and bad values fail here, before any work), and
+   what the launcher asks for and wandb's presence (``launch_env.preflight``);
 2. find the run's ``latest`` checkpoint (``resume``) or refuse to overwrite one;
 3. read and split the corpus, build (or, on resume, load) the tokenizer, resolve
    ``model.vocab_size`` from it (see ``training.config``), tokenize (cached);
 4. build the model on the device, AdamW, and restore the checkpoint if resuming
    (weights, optimizer, step, RNG and training-window generator: the continued
    run's losses are identical to an uninterrupted one on CPU in float32);
-5. train, logging to a tqdm bar and ``run_dir/metrics.jsonl``; evaluate every
+5. train, logging to a tqdm bar (loss, tokens/s, MFU, ETA) and ``run_dir/metrics.jsonl``
+   (mirrored to TensorBoard and, with ``train.wandb_project``, wandb; ``metrics.png``
+   drawn at the end: ``training.monitor``); evaluate every
    ``eval_every`` steps; checkpoint every ``save_every`` steps, at the end, and on
    Ctrl-C or SIGTERM; a step with a NaN/Inf loss or gradient is skipped (logged),
    ``train.max_bad_steps`` in a row stop the run with ``TrainingDiverged``; a CUDA
@@ -22,7 +25,6 @@ autocast around the forward pass, not inside the model.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -55,7 +57,9 @@ from .faults import BadStepGuard, StopSignals, TrainingDiverged, oom_message
 from .optim import build_optimizer, lr_at, z_loss
 from .finetune import prepare_sft_data, run_tokenizer, split_batch
 from .init_from import check_tokenizer, load_init_weights, prepare_init
+from .launch_env import preflight
 from .lora import apply_lora
+from .monitor import MetricsLog, format_mfu, mfu, peak_flops
 
 METRICS_FILE = "metrics.jsonl"
 #: Sampling temperature of the end-of-training sample.
@@ -107,23 +111,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-class _Metrics:
-    """Appends one JSON object per line to ``run_dir/metrics.jsonl``."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is None:
-            path.write_text("")
-        elif path.is_file():
-            # Drop records written after the checkpoint we resume from; they will be redone.
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
-
-    def log(self, **record: Any) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 @dataclass
@@ -185,6 +172,14 @@ def train(
     raw_config, init = prepare_init(raw_config)
     cfg = build_run_config(raw_config)
     tc = cfg.train
+    # launcher settings and wandb availability: refused before any work
+    preflight(cfg, distributed=False)
+    if cfg.data.shards is not None:
+        raise ConfigError(
+            "data.shards is read by the DeepSpeed loop (training.distributed.train_distributed, which "
+            "train.py runs for it, in one process or under a launcher), not by this single-process "
+            "trainer; here train on text with data.path"
+        )
     run_dir = Path(tc.run_dir)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None and not resume:
@@ -233,20 +228,24 @@ def train(
         f"vocab {cfg.model.vocab_size}; device {device}, {tc.dtype}; run dir {run_dir}"
     )
     print(f"unigram baseline (train-split token frequencies): val perplexity {data.unigram_ppl:.2f}")
-    metrics = _Metrics(run_dir / METRICS_FILE, resume_step=step if ckpt is not None else None)
-    if ckpt is None:
-        metrics.log(step=0, split="val", kind="unigram_baseline", ppl=data.unigram_ppl)
-    else:
-        print(f"resumed from {ckpt} at step {step}")
+    metrics = MetricsLog.from_config(run_dir / METRICS_FILE, cfg, resume_step=step if ckpt is not None else None)
+    try:
+        if ckpt is None:
+            metrics.log(step=0, split="val", kind="unigram_baseline", ppl=data.unigram_ppl)
+        else:
+            print(f"resumed from {ckpt} at step {step}")
 
-    trainer = Trainer(cfg, model, optimizer, data.tokenizer, data.windows, data.val, device, run_dir, metrics, progress)
-    if ckpt is not None:
-        trainer.last_checkpoint, trainer.last_checkpoint_step = ckpt, step
-    result = trainer.fit(step, stop_at_step=stop_at_step)
-    result.unigram_ppl = data.unigram_ppl
-    if not result.interrupted and tc.sample_tokens > 0:
-        result.sample = trainer.sample(tc.sample_prompt, tc.sample_tokens)
-        print(f"--- sample ({tc.sample_tokens} tokens from {tc.sample_prompt!r}) ---\n{result.sample}\n---")
+        trainer = Trainer(cfg, model, optimizer, data.tokenizer, data.windows, data.val, device, run_dir, metrics, progress)
+        if ckpt is not None:
+            trainer.last_checkpoint, trainer.last_checkpoint_step = ckpt, step
+        result = trainer.fit(step, stop_at_step=stop_at_step)
+        result.unigram_ppl = data.unigram_ppl
+        if not result.interrupted and tc.sample_tokens > 0:
+            result.sample = trainer.sample(tc.sample_prompt, tc.sample_tokens)
+            print(f"--- sample ({tc.sample_tokens} tokens from {tc.sample_prompt!r}) ---\n{result.sample}\n---")
+    finally:
+        # flushes TensorBoard, finishes wandb, writes run_dir/metrics.png (also after an error)
+        metrics.close()
     result.wall_s = time.time() - t_start
     if result.val_loss is not None:
         print(
@@ -292,7 +291,7 @@ class Trainer:
         val: torch.Tensor,
         device: torch.device,
         run_dir: Path,
-        metrics: _Metrics | None = None,
+        metrics: MetricsLog | None = None,
         progress: bool = True,
     ):
         self.cfg = cfg
@@ -309,6 +308,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step = -1
         self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)
+        flops = getattr(model, "flops_per_token", None)
+        self.flops_per_token = flops(cfg.train.seq_len) if callable(flops) else None
+        self.peak_flops = peak_flops(device)
 
     def autocast(self):
         if self.cfg.train.dtype == "bfloat16":
@@ -354,14 +356,17 @@ class Trainer:
                     bar.update(1)
                     dt = time.time() - t0
                     step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
-                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / max(step_time, 1e-9):,.0f}", refresh=False)
+                    tok_s = tokens_per_step / max(step_time, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}",
+                                    mfu=format_mfu(mfu(tok_s, self.flops_per_token, self.peak_flops)), refresh=False)
 
                     if step % tc.log_every == 0 or step == tc.max_steps:
                         elapsed = time.time() - t_interval
+                        interval_tok_s = len(interval_losses) * tokens_per_step / max(elapsed, 1e-9)
                         self._log(
                             step=step, split="train", tokens=step * tokens_per_step,
-                            loss=sum(interval_losses) / len(interval_losses), lr=lr,
-                            grad_norm=grad_norm, tokens_per_s=len(interval_losses) * tokens_per_step / max(elapsed, 1e-9),
+                            loss=sum(interval_losses) / len(interval_losses), lr=lr, grad_norm=grad_norm,
+                            tokens_per_s=interval_tok_s, mfu=mfu(interval_tok_s, self.flops_per_token, self.peak_flops),
                         )
                         interval_losses.clear()
                         t_interval = time.time()
