@@ -31,12 +31,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp: Path, stage: int, nproc: int, accum: int, run_name: str | None = None, **env_extra: str) -> list[float]:
-    run_dir = tmp / (run_name or f"z{stage}-n{nproc}")
+def launch(run_dir: Path, stage: int, accum: int, shards: Path, nproc: int = 2, timeout: int = 240,
+           **env_extra: str) -> subprocess.CompletedProcess:
+    """ds_worker.py on ``nproc`` ranks (torchrun), or as a plain one-process script for ``nproc=0``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT), **env_extra}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
-           str(WORKER), str(stage), str(accum), str(tmp / "shards"), str(run_dir)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    args = [str(WORKER), str(stage), str(accum), str(shards), str(run_dir)]
+    if nproc == 0:
+        env["MASTER_PORT"] = str(_free_port())
+        cmd = [sys.executable, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={_free_port()}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch_runs(root: Path, runs: list[dict], shards: Path | None, nproc: int = 2) -> subprocess.CompletedProcess:
+    """Several runs (ds_worker.py's DS_WORKER_RUNS) in one launch, each in ``root/<name>``;
+    the launch costs more than a tiny run. Asserts that the launch succeeded."""
+    proc = launch(root, 0, 1, shards or "", nproc, DS_WORKER_RUNS=json.dumps(runs))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def trace(run_dir: Path, rank: int = 0, name: str | None = None) -> dict:
+    """What ds_worker.py recorded on ``rank`` (see its docstring); ``name``: a run of ``launch_runs``."""
+    return json.loads((run_dir / (f"{name}.trace_rank{rank}.json" if name else f"trace_rank{rank}.json")).read_text())
+
+
+def _run(tmp: Path, stage: int, nproc: int, accum: int, run_name: str | None = None, **env_extra: str) -> list[float]:
+    proc = launch(tmp / (run_name or f"z{stage}-n{nproc}"), stage, accum, tmp / "shards", nproc, **env_extra)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # ranks share stdout, so their lines may interleave: match the lists, not lines
     per_rank = [json.loads(m) for m in re.findall(r"LOSSES (\[[^\]]*\])", proc.stdout)]
@@ -62,7 +85,6 @@ def test_zero2_and_zero3_on_two_ranks_match_one_process(tmp_path):
     from xlstm_lm.config import ModelConfig
     from xlstm_lm.config_utils import from_dict
     from xlstm_lm.models import XLSTMLM
-    from xlstm_lm.training.distributed import consolidate
 
     env_script = (
         "import sys; from xlstm_lm.training.distributed import consolidate; "

@@ -110,6 +110,7 @@ def test_accelerate_multi_node_config_as_two_local_nodes_matches_one_process(ref
         # multi_node.yaml as shipped, pointed at this machine: 2 nodes x 1 process
         cmd = [*LAUNCH, "--config_file", str(ACCEL / "multi_node.yaml"), "--machine_rank", str(node),
                "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--num_processes", "2",
+               "--mixed_precision", "no",  # the file says bf16 for GPUs; this run is fp32 on CPU
                *_train_args(shards, run_dir)]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))

@@ -179,6 +179,13 @@ def consolidated_model(ckpt: DeepSpeedCheckpoint, run_cfg: dict[str, Any]):
         raise ZeroError(f"{ckpt.run_dir / RUN_CONFIG}: {e}") from None
     weights = gather_weights(ckpt)
     model = XLSTMLM(model_cfg)
+    lora = (run_cfg.get("train") or {}).get("lora")
+    if lora:
+        # a LoRA run's partitions hold base weights and adapters under peft's names
+        from ..config_utils import from_dict
+        from ..training.lora import LoraSettings, apply_lora
+
+        model = apply_lora(model, from_dict(LoraSettings, lora, "train.lora"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied embeddings are one parameter under two names; the checkpoint may keep only one.
     tied = {"lm_head.weight"} if model_cfg.tie_embeddings and "embedding.weight" in weights else set()
@@ -188,6 +195,10 @@ def consolidated_model(ckpt: DeepSpeedCheckpoint, run_cfg: dict[str, Any]):
             f"the consolidated weights of {ckpt.path} do not fit the architecture in {ckpt.run_dir / RUN_CONFIG}: "
             f"missing {missing[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    if lora:
+        from ..training.lora import merge_lora
+
+        model = merge_lora(model)  # folded in: a plain XLSTMLM, as tools/merge_lora.py gives
     return model.eval()
 
 
@@ -212,6 +223,8 @@ def consolidate_run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, str(out / ckpt_io.MODEL_FILE))
+    if (run_cfg.get("train") or {}).get("lora"):
+        run_cfg = {**run_cfg, "train": {**run_cfg["train"], "lora": None}}  # merged: a plain model
     ckpt_io.dump_config(run_cfg, out / ckpt_io.CONFIG_FILE)
     tok.save(out / ckpt_io.TOKENIZER_DIR)
     (out / "consolidated_from.json").write_text(

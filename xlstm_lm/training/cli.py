@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ examples:
   python train.py --init-from runs/mine --data more.txt --run-dir runs/cont    # continued pretraining
   python train.py --init-from hf/tiny --config configs/finetune/sft_example.yaml data.sft.path=sft.jsonl
                                                     # supervised fine-tuning (add train.lora.r=8 for LoRA)
+  python train.py data.shards=data/shards --run-dir runs/s   # token shards: the DeepSpeed loop, one process
+  torchrun --nproc_per_node 8 train.py --config configs/deepspeed/zero2.yaml data.shards=data/shards
+                                                    # DeepSpeed ZeRO on 8 GPUs (--init-from, data.sft, LoRA too)
 
 With --init-from (a run dir, checkpoint or exported HF folder) the model config is
 the source's: the config file's model section is ignored and command-line model.*
@@ -90,9 +94,13 @@ def load_raw_config(args: argparse.Namespace, default_config: Path) -> dict[str,
         return _apply_cli(load_yaml(args.config), args)
     raw = _apply_cli(load_yaml(default_config), args)
     if args.resume:
-        ckpt = latest_checkpoint(_section(raw, "train").get("run_dir", TrainConfig.run_dir))
+        run_dir = Path(_section(raw, "train").get("run_dir", TrainConfig.run_dir))
+        ckpt = latest_checkpoint(run_dir)
         if ckpt is not None:
             return _apply_cli(load_checkpoint_config(ckpt), args)
+        # A run of the DeepSpeed loop: its resolved config sits next to deepspeed/latest.
+        if (run_dir / "deepspeed" / "latest").is_file() and (run_dir / "config.json").is_file():
+            return _apply_cli(json.loads((run_dir / "config.json").read_text()), args)
     return raw
 
 
@@ -102,16 +110,14 @@ def main(argv: list[str] | None = None, default_config: str | Path = "configs/ti
     try:
         raw = load_raw_config(args, Path(default_config))
         from .config import build_run_config
-        from .distributed import train_distributed, wants_distributed
+        from .distributed import close_process_group, train_distributed, wants_distributed
 
-        run_cfg = build_run_config(raw)
-        if wants_distributed(run_cfg):
-            if run_cfg.train.init_from or run_cfg.train.lora or run_cfg.data.sft:
-                raise ConfigError(
-                    "train.init_from, train.lora and data.sft are supported by the single-process trainer only; "
-                    "run without WORLD_SIZE / train.distributed.enabled"
-                )
-            train_distributed(raw, resume=args.resume)
+        if wants_distributed(build_run_config(raw)):
+            # Under a launcher, with train.distributed.enabled, or for data.shards (one process).
+            try:
+                train_distributed(raw, resume=args.resume)
+            finally:
+                close_process_group()
             return 0
         result = train(raw, resume=args.resume)
     except (ConfigError, DataError, FileNotFoundError) as e:
