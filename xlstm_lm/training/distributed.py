@@ -98,14 +98,29 @@ def wants_distributed(cfg: RunConfig) -> bool:
 def build_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON config derived from ``train`` and ``train.distributed``."""
     tc, dc = cfg.train, cfg.train.distributed
-    micro = dc.micro_batch
+    micro, accum = dc.micro_batch, dc.grad_accum
     if micro is None:
-        if tc.batch_size % (world_size * dc.grad_accum):
+        if tc.batch_size % (world_size * accum):
             raise ConfigError(
                 f"train.batch_size {tc.batch_size} is not divisible by world_size {world_size} x "
-                f"train.distributed.grad_accum {dc.grad_accum}; set train.distributed.micro_batch or change them"
+                f"train.distributed.grad_accum {accum}; set train.distributed.micro_batch or change them"
             )
-        micro = tc.batch_size // (world_size * dc.grad_accum)
+        micro = tc.batch_size // (world_size * accum)
+    else:
+        # micro_batch given: the accumulation follows from the global batch (train.batch_size
+        # stays what the run trains on, whatever the number of ranks)
+        if tc.batch_size % (world_size * micro):
+            raise ConfigError(
+                f"train.batch_size {tc.batch_size} is not divisible by world_size {world_size} x "
+                f"train.distributed.micro_batch {micro}; change one of them"
+            )
+        derived = tc.batch_size // (world_size * micro)
+        if accum not in (1, derived):
+            raise ConfigError(
+                f"train.distributed.grad_accum {accum} x micro_batch {micro} x world_size {world_size} != "
+                f"train.batch_size {tc.batch_size}; leave grad_accum at 1 (it is derived: {derived}) or fix the numbers"
+            )
+        accum = derived
     clip = dc.grad_clip if dc.grad_clip is not None else tc.grad_clip
     zero: dict[str, Any] = {"stage": dc.zero_stage}
     if dc.offload_optimizer:
@@ -114,8 +129,8 @@ def build_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
         zero["offload_param"] = {"device": "cpu"}
     return {
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": dc.grad_accum,
-        "train_batch_size": micro * dc.grad_accum * world_size,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": micro * accum * world_size,
         "gradient_clipping": clip or 0.0,
         "zero_optimization": zero,
         # check_grad_overflow (DeepSpeed's default) makes ZeRO-1/2 skip a bf16 step with NaN/Inf gradients
@@ -309,7 +324,7 @@ def train_distributed(
     ckpt_dir = run_dir / DS_DIR
     resuming = resume and (ckpt_dir / "latest").exists()
     ds_cfg = build_deepspeed_config(cfg, world)
-    micro = ds_cfg["train_micro_batch_size_per_gpu"]
+    micro, accum = ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"]
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     data = _load_data(cfg, micro, rank, world, run_dir, resuming, init)
@@ -343,7 +358,7 @@ def train_distributed(
         if init is not None:
             print(f"init-from: {'resumed run, source not reloaded' if resuming else 'weights of ' + init.describe()}")
     peak = peak_flops(device)
-    tokens_per_step = micro * dc.grad_accum * world * tc.seq_len
+    tokens_per_step = micro * accum * world * tc.seq_len
     bar = tqdm(total=tc.max_steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, unit="step")
     losses: list[float] = []
     guard = BadStepGuard(tc.max_bad_steps)
@@ -356,10 +371,10 @@ def train_distributed(
         with stop.catch():
             while step < tc.max_steps and (stop_at_step is None or step < stop_at_step):
                 try:
-                    out = _step(engine, loader, dc.grad_accum, world, device, tc.z_loss, check_grads,
+                    out = _step(engine, loader, accum, world, device, tc.z_loss, check_grads,
                                 dc.precision == "fp16")
                 except torch.OutOfMemoryError as e:
-                    raise torch.OutOfMemoryError(_oom_message(cfg, world, micro, device)) from e
+                    raise torch.OutOfMemoryError(_oom_message(cfg, world, micro, accum, device)) from e
                 loss = out.loss
                 losses.append(loss)
                 interval_steps += 1
@@ -570,13 +585,14 @@ def evaluate_rows(engine, rows: SFTRows, micro: int, rank: int, world: int, devi
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def _oom_message(cfg: RunConfig, world: int, micro: int, device: torch.device) -> str:
+def _oom_message(cfg: RunConfig, world: int, micro: int, accum: int, device: torch.device) -> str:
     tc, dc = cfg.train, cfg.train.distributed
     memory = None
     if device.type == "cuda":
         memory = f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB allocated on rank {dist.get_rank()}"
     return oom_message(
-        batch_size=tc.batch_size, seq_len=tc.seq_len, grad_accum=dc.grad_accum, micro_batch=micro, world_size=world,
+        batch_size=tc.batch_size, seq_len=tc.seq_len, grad_accum=accum,
+        micro_batch=dc.micro_batch and micro, world_size=world,
         activation_checkpointing=dc.activation_checkpointing, zero_stage=dc.zero_stage,
         offload_optimizer=dc.offload_optimizer, offload_params=dc.offload_params, dtype=dc.precision, memory=memory,
     )

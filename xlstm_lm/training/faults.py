@@ -110,7 +110,10 @@ def oom_message(
     """
     micro = micro_batch if micro_batch is not None else max(1, batch_size // max(1, world_size * grad_accum))
     tips = [
-        f"lower the sequences per micro step (now {micro}): raise train.distributed.grad_accum (now {grad_accum}) "
+        f"lower the sequences per micro step (now {micro}): lower train.distributed.micro_batch (the accumulation "
+        f"steps, now {grad_accum}, follow to keep train.batch_size={batch_size})"
+        if zero_stage is not None and micro_batch is not None
+        else f"lower the sequences per micro step (now {micro}): raise train.distributed.grad_accum (now {grad_accum}) "
         f"to keep train.batch_size={batch_size}, or lower train.batch_size"
         if zero_stage is not None
         else f"lower train.batch_size (now {batch_size})",
