@@ -12,4 +12,8 @@ from pathlib import Path
 from xlstm_lm.training.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(default_config=Path(__file__).resolve().parent / "configs" / "tiny.yaml"))
+    code = main(default_config=Path(__file__).resolve().parent / "configs" / "tiny.yaml")
+    distributed = sys.modules.get("xlstm_lm.training.distributed")
+    if distributed is not None and distributed.joined_process_group():
+        distributed.exit_process(code)  # skips a teardown that can abort a finished rank (see there)
+    sys.exit(code)

@@ -145,5 +145,4 @@ else:
     sigterm = int(os.environ["DS_WORKER_SIGTERM_AT"]) if "DS_WORKER_SIGTERM_AT" in os.environ else None
     code = run(raw, Path(raw["train"]["run_dir"]) / "trace_rank{rank}.json", os.environ.get("DS_WORKER_RESUME") == "1",
                json.loads(os.environ.get("DS_WORKER_POISON", "[]")), sigterm)
-ds.close_process_group()
-sys.exit(code)
+ds.exit_process(code)  # as train.py does

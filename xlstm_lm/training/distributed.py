@@ -53,12 +53,14 @@ Non-finite steps (the single-process trainer's semantics: skipped, logged,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -194,6 +196,8 @@ def init_process_group() -> tuple[int, int, torch.device]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
+    global _JOINED
+    _JOINED = True
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     local = int(os.environ["LOCAL_RANK"])
@@ -201,6 +205,35 @@ def init_process_group() -> tuple[int, int, torch.device]:
     if cuda:
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
+
+
+_JOINED = False
+
+
+def joined_process_group() -> bool:
+    """Whether this process joined a process group through ``init_process_group``."""
+    return _JOINED
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process that ran the DeepSpeed loop: leave the process group, flush, and exit
+    without the interpreter's teardown.
+
+    After a finished ZeRO-3 run on CPU under load, a rank was seen aborting during
+    interpreter finalisation (SIGABRT, "terminate called without an active exception":
+    gloo worker threads still referenced by DeepSpeed's groups torn down with the
+    interpreter), which a launcher reports as a failed rank although every step and
+    checkpoint was written. The loop closes its metrics, progress bar and checkpoints
+    itself, so nothing is lost by skipping the teardown. Used by ``train.py``.
+    """
+    close_process_group()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
 
 
 def close_process_group() -> None:
