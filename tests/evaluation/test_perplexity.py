@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.models.test_lm import tiny_model
-from tests.training.test_train import one_thread, tiny_raw  # noqa: F401  (fixture)
+from tests.training.test_train import tiny_raw
 from xlstm_lm.data.tokenizers import ByteTokenizer
 from xlstm_lm.evaluation import Scorer, evaluate
 

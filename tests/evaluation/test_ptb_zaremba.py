@@ -19,14 +19,6 @@ sys.modules["ptb_zaremba"] = ptb
 _spec.loader.exec_module(ptb)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def fake_ptb(tmp_path) -> Path:
     rng = random.Random(0)

@@ -26,14 +26,6 @@ CONVERSATIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_prompt(fmt: ChatFormatter, messages: list[dict]) -> tuple[list[int], list[int]]:
     """(ids before the last answer, ids of the whole conversation) as fine-tuning encodes them."""
     ids, trained = fmt.encode(messages)

@@ -36,14 +36,6 @@ LETTERS = "abcdefgh"
 LORA = {"r": 4, "alpha": 8.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def params_hash(params) -> str:
     """ds_worker.py's weights hash."""
     sha = hashlib.sha256()

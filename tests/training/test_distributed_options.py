@@ -32,14 +32,6 @@ from xlstm_lm.training.cli import build_parser, load_raw_config  # noqa: E402
 DOCS = [f"doc {i} " + "abc def " * (i % 9 + 1) for i in range(300)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _distributed(**options) -> dict:
     return {"train": {"distributed": options}}
 

@@ -20,14 +20,6 @@ from xlstm_lm.training.checkpoint import checkpoint_problem, latest_checkpoint, 
 from xlstm_lm.training.faults import oom_message
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_sigterm_saves_a_checkpoint_and_returns(tmp_path):
     def terminate(call, output):
         if call == 3:

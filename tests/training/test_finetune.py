@@ -32,14 +32,6 @@ random.Random(0).shuffle(WORDS)
 HELD_OUT, TRAIN_WORDS = WORDS[:32], WORDS[32:]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_task(path: Path, task: str, words: list[str]) -> Path:
     answer = (lambda w: w[::-1]) if task == "reverse" else (lambda w: w)
     path.write_text("".join(json.dumps({"prompt": f"{task}: {w}", "response": answer(w)}) + "\n" for w in words))

@@ -21,16 +21,6 @@ from xlstm_lm.training.monitor import MetricsLog
 SHORT = ("train.max_steps=6", "train.eval_every=3", "train.save_every=3", "train.sample_tokens=0")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

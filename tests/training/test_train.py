@@ -49,16 +49,6 @@ SHRINK = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: a second intra-op thread only adds wake-up latency, which
-    # grows to milliseconds per op when other processes compete for the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_raw(run_dir: Path, *overrides: str) -> dict:
     raw = apply_overrides(load_yaml(TINY), [*SHRINK, *overrides])
     raw["train"]["run_dir"] = str(run_dir)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tests.training.test_train import one_thread, tiny_raw  # noqa: F401  (fixture)
+from tests.training.test_train import tiny_raw
 from xlstm_lm.training import train
 
 pytest.importorskip("triton")
