@@ -92,7 +92,8 @@ def test_formatter_masks_prompt_and_ends_response_with_eos():
     assert ids2 == ids
 
 
-def test_hf_chat_template_masks_all_but_the_assistant(tmp_path):
+def hf_tokenizer_with_template(folder: Path):
+    """A byte-level HF tokenizer whose own chat template renders <role>content."""
     from xlstm_lm.data.tokenizers import HFTokenizer
     from xlstm_lm.hf.export import byte_tokenizer_fast
 
@@ -101,8 +102,12 @@ def test_hf_chat_template_masks_all_but_the_assistant(tmp_path):
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
-    hf.save_pretrained(tmp_path)
-    tok = HFTokenizer(str(tmp_path))
+    hf.save_pretrained(folder)
+    return HFTokenizer(str(folder))
+
+
+def test_hf_chat_template_masks_all_but_the_assistant(tmp_path):
+    tok = hf_tokenizer_with_template(tmp_path)
     fmt = ChatFormatter(tok, "auto")
     assert fmt.template == "hf"
     messages = to_messages({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
@@ -116,19 +121,7 @@ def test_hf_chat_template_masks_all_but_the_assistant(tmp_path):
 @pytest.mark.parametrize("template", ["simple", "plain", "hf"])
 def test_multi_turn_prompt_ids_are_the_training_ids_up_to_the_answer(template, tmp_path):
     # Earlier assistant turns end with eos in training; the generation prompt must too.
-    if template == "hf":
-        from xlstm_lm.data.tokenizers import HFTokenizer
-        from xlstm_lm.hf.export import byte_tokenizer_fast
-
-        hf = byte_tokenizer_fast()
-        hf.chat_template = (
-            "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-            "{% if add_generation_prompt %}<assistant>{% endif %}"
-        )
-        hf.save_pretrained(tmp_path)
-        tok = HFTokenizer(str(tmp_path))
-    else:
-        tok = ByteTokenizer()
+    tok = hf_tokenizer_with_template(tmp_path) if template == "hf" else ByteTokenizer()
     fmt = ChatFormatter(tok, template)
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
              {"role": "user", "content": "again"}, {"role": "assistant", "content": "ok"}]

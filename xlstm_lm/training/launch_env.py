@@ -97,24 +97,18 @@ def launch_problems(cfg: Any, distributed: bool, env: Mapping[str, str] | None =
         )
 
     precision = env["ACCELERATE_MIXED_PRECISION"].lower()
-    if distributed:
-        ours = _DS_PRECISION.get(precision)
-        if ours is None:
-            out.append(f"mixed_precision: accelerate asks for {precision!r}, which the DeepSpeed loop does not support "
-                       "(fp32 'no', bf16, fp16)")
-        elif ours != dc.precision:
-            differs("mixed_precision", precision, "train.distributed.precision", dc.precision,
-                    f"set mixed_precision: {next(k for k, v in _DS_PRECISION.items() if v == dc.precision)} in the "
-                    f"accelerate config, or train.distributed.precision={ours}")
-    else:
-        ours = _DTYPE.get(precision)
-        if ours is None:
-            out.append(f"mixed_precision: accelerate asks for {precision!r}, which the single-process trainer does not "
-                       "support (fp32 'no', bf16)")
-        elif ours != tc.dtype:
-            differs("mixed_precision", precision, "train.dtype", tc.dtype,
-                    f"set mixed_precision: {next(k for k, v in _DTYPE.items() if v == tc.dtype)} in the "
-                    f"accelerate config, or train.dtype={ours}")
+    table, key, current, loop, supported = (
+        (_DS_PRECISION, "train.distributed.precision", dc.precision, "the DeepSpeed loop", "fp32 'no', bf16, fp16")
+        if distributed
+        else (_DTYPE, "train.dtype", tc.dtype, "the single-process trainer", "fp32 'no', bf16")
+    )
+    ours = table.get(precision)
+    if ours is None:
+        out.append(f"mixed_precision: accelerate asks for {precision!r}, which {loop} does not support ({supported})")
+    elif ours != current:
+        differs("mixed_precision", precision, key, current,
+                f"set mixed_precision: {next(k for k, v in table.items() if v == current)} in the "
+                f"accelerate config, or {key}={ours}")
 
     backend = env.get("ACCELERATE_DYNAMO_BACKEND")
     if backend is not None:
