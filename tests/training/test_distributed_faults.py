@@ -46,8 +46,13 @@ def runs(tmp_path_factory) -> tuple[Path, str]:
         {"name": "diverge", "overrides": diverge, "poison": _poison((0, [3, 4, 5, 6], "loss"))},
         {"name": "resume", "dir": "diverge", "resume": True,
          "overrides": {**diverge, "train": {**diverge["train"], "max_steps": 3}}},
+        # a resume must keep the model: a clear error, the checkpoint untouched
+        {"name": "other-model", "dir": "diverge", "resume": True, "overrides": {**diverge, "model": {"d_model": 48}}},
     ], root / "shards")
-    return root, proc.stdout + proc.stderr
+    # ... and the number of ranks (each rank's data position is in the checkpoint)
+    one = launch_runs(root, [{"name": "one-rank", "dir": "diverge", "resume": True, "overrides": diverge}],
+                      root / "shards", nproc=1)
+    return root, proc.stdout + proc.stderr + one.stdout + one.stderr
 
 
 def test_nan_loss_on_one_rank_and_inf_gradient_are_skipped_on_both_ranks_zero2(runs):
@@ -100,3 +105,13 @@ def test_consecutive_bad_steps_stop_with_advice_and_the_last_checkpoint_resumes_
         resumed = trace(root, r, "resume")  # from deepspeed/latest = step_0000002 to max_steps 3
         assert len(resumed["losses"]) == 1 and math.isfinite(resumed["losses"][0])
         assert resumed["hashes"][0] == h[2], "the resumed weights are step 2's"
+
+
+def test_resume_with_another_model_or_world_size_is_a_clear_error(runs):
+    root, _ = runs
+    error = trace(root, 0, "other-model")["error"]
+    assert error.startswith("ConfigError: cannot resume") and "model.d_model: 32 != 48" in error
+    assert "config.json" in error  # names the run's own config to resume with
+    error = trace(root, 0, "one-rank")["error"]
+    assert error.startswith("ConfigError: cannot resume") and "on 1 ranks: it was saved by 2" in error
+    assert (root / "diverge" / "deepspeed" / "step_0000002" / "xlstm_lm_state.json").is_file()

@@ -81,9 +81,11 @@ from .lora import apply_lora
 from .launch_env import preflight
 from .monitor import MetricsLog, format_mfu, mfu, peak_flops
 from .optim import build_optimizer, lr_at, z_loss
-from .trainer import METRICS_FILE, default_model_factory
+from .trainer import METRICS_FILE, check_resume_config, default_model_factory
 
 DS_DIR = "deepspeed"
+#: Step and world size of a checkpoint, next to DeepSpeed's files in each tag folder.
+RUN_STATE = "xlstm_lm_state.json"
 
 
 def wants_distributed(cfg: RunConfig) -> bool:
@@ -379,6 +381,17 @@ def train_distributed(
     check_grads = not hasattr(engine.optimizer, "overflow")
     step = 0
     if resuming:
+        saved_file = run_dir / "config.json"
+        if saved_file.is_file():
+            saved = build_run_config(json.loads(saved_file.read_text()))
+            check_resume_config(saved, cfg, ckpt_dir, saved_file)
+        saved_world = _saved_world_size(ckpt_dir)
+        if saved_world is not None and saved_world != world:
+            raise ConfigError(
+                f"cannot resume {ckpt_dir} on {world} ranks: it was saved by {saved_world}, and each rank's data "
+                f"position is part of the checkpoint; resume with {saved_world} ranks, or consolidate it "
+                "(tools/zero_to_model.py) and start a new run with --init-from"
+            )
         _, client = engine.load_checkpoint(str(ckpt_dir))
         step = int(client["step"])
         loader.load_state_dict(client["loader"][rank])
@@ -635,7 +648,17 @@ def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader | SFTRankLoader
     """DeepSpeed checkpoint of every rank's shard; loader positions of all ranks ride along."""
     positions: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(positions, loader.state_dict())
-    engine.save_checkpoint(str(ckpt_dir), tag=f"step_{step:07d}", client_state={"step": step, "loader": positions})
+    tag = f"step_{step:07d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "loader": positions})
+    if dist.get_rank() == 0:
+        # read before DeepSpeed loads anything on resume (a world-size mismatch fails there obscurely)
+        (ckpt_dir / tag / RUN_STATE).write_text(json.dumps({"step": step, "world_size": len(positions)}) + "\n")
+
+
+def _saved_world_size(ckpt_dir: Path) -> int | None:
+    latest = ckpt_dir / "latest"
+    state = ckpt_dir / latest.read_text().strip() / RUN_STATE if latest.is_file() else None
+    return json.loads(state.read_text())["world_size"] if state is not None and state.is_file() else None
 
 
 def consolidate(ckpt_dir: str | Path, out_file: str | Path, tag: str | None = None) -> Path:

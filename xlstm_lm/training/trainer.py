@@ -200,7 +200,7 @@ def train(
         check_tokenizer(init, data.tokenizer, cfg.model.vocab_size)
     cfg = resolve_vocab_size(cfg, data.tokenizer.vocab_size, vocab_size_is_explicit(raw_config) or init is not None)
     if ckpt is not None:
-        _check_resume_config(build_run_config(load_checkpoint_config(ckpt)), cfg, ckpt)
+        check_resume_config(build_run_config(load_checkpoint_config(ckpt)), cfg, ckpt)
 
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
@@ -262,13 +262,15 @@ def _num_params(model: nn.Module) -> tuple[int, int]:
     return n, n
 
 
-def _check_resume_config(saved: RunConfig, requested: RunConfig, ckpt: Path) -> None:
+def check_resume_config(saved: RunConfig, requested: RunConfig, ckpt: Path, config_file: Path | None = None) -> None:
+    """A resume must keep the model and the tokenizer of the checkpoint (ConfigError naming
+    the differences otherwise); other differences are printed and take effect."""
     model_diffs = config_differences(saved.model, requested.model, "model")
     if model_diffs:
         raise ConfigError(
             f"cannot resume from {ckpt}: the requested model config differs from the saved one "
             f"({'; '.join(model_diffs)}). Resume with the run's own config "
-            f"(--config {ckpt / 'config.yaml'}, or no --config) or start a new --run-dir"
+            f"(--config {config_file or ckpt / 'config.yaml'}, or no --config) or start a new --run-dir"
         )
     tok_diffs = [d for d in config_differences(saved.data, requested.data, "data") if d.startswith(("data.tokenizer", "data.sp_vocab"))]
     if tok_diffs:
