@@ -61,8 +61,27 @@ def _is_hf_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and not (path / DS_DIR).is_dir()
 
 
-def load_scorer(source: str | Path, device: str = "cpu") -> Scorer:
-    """A scorer for a training run dir / checkpoint folder, a DeepSpeed run (consolidated in
+@dataclass
+class LoadedModel:
+    """A model loaded for evaluation (``load_model``).
+
+    ``model`` is a transformers causal LM on ``device``, in eval mode: a Hugging Face
+    folder's ``AutoModelForCausalLM``, or a checkpoint as ``XLSTMLMForCausalLM`` (its
+    ``.model`` is the plain ``XLSTMLM``). ``tokenizer`` is the folder's ``AutoTokenizer``
+    (``hf_folder``) or the checkpoint's ``xlstm_lm`` tokenizer; ``run_cfg`` is the
+    checkpoint's run config (None for a Hugging Face folder).
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    device: torch.device
+    hf_folder: bool
+    run_cfg: dict[str, Any] | None = None
+
+
+def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
+    """The model of a training run dir / checkpoint folder, a DeepSpeed run (consolidated in
     memory), or a Hugging Face model folder."""
     path = Path(source)
     dev = torch.device(device)
@@ -73,6 +92,20 @@ def load_scorer(source: str | Path, device: str = "cpu") -> Scorer:
 
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).to(dev).eval()
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        return LoadedModel(model, tok, f"hf:{path}", dev, True)
+    from ..hf.export import load_checkpoint_as_hf
+
+    hf_model, tokenizer, ckpt, run_cfg = load_checkpoint_as_hf(path)
+    return LoadedModel(hf_model.to(dev).eval(), tokenizer, f"checkpoint:{ckpt}", dev, False, run_cfg)
+
+
+def load_scorer(source: str | Path, device: str = "cpu") -> Scorer:
+    """A scorer for a training run dir / checkpoint folder, a DeepSpeed run (consolidated in
+    memory), or a Hugging Face model folder (``load_model``)."""
+    loaded = load_model(source, device)
+    dev = loaded.device
+    if loaded.hf_folder:
+        model, tok = loaded.model, loaded.tokenizer
         stateful = type(model).__name__ == "XLSTMLMForCausalLM"
 
         def forward(ids, state):
@@ -85,22 +118,17 @@ def load_scorer(source: str | Path, device: str = "cpu") -> Scorer:
             lambda s: tok(s, add_special_tokens=False)["input_ids"],
             lambda ids: tok.decode(ids),
             stateful,
-            f"hf:{path}",
+            loaded.name,
             dev,
             sep,
         )
-    from ..hf.export import load_checkpoint_as_hf
-
-    hf_model, tokenizer, ckpt, _ = load_checkpoint_as_hf(path)
-    lm = hf_model.model.to(dev).eval()
+    lm, tokenizer = loaded.model.model, loaded.tokenizer
 
     def forward(ids, state):
         out = lm(ids, state)
         return out.logits[0].float(), out.state
 
-    return Scorer(
-        forward, tokenizer.encode, lambda ids: tokenizer.decode(ids), True, f"checkpoint:{ckpt}", dev, tokenizer.eos_id
-    )
+    return Scorer(forward, tokenizer.encode, lambda ids: tokenizer.decode(ids), True, loaded.name, dev, tokenizer.eos_id)
 
 
 @dataclass
