@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.test_finetune import HELD_OUT, base_run, load_model  # noqa: F401  (base_run: fixture)  # noqa: F401  (fixture)
+from tests.training.test_finetune import HELD_OUT, base_run, load_model  # noqa: F401  (base_run: fixture)
 from xlstm_lm.data.sft import ChatFormatter
 from xlstm_lm.data.tokenizers import ByteTokenizer
 

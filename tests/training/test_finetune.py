@@ -178,6 +178,18 @@ def test_lora_default_targets_match_hf_wrapper():
 
 
 # --- init-from ----------------------------------------------------------------------
+def test_lora_targets_skip_same_named_layers_that_are_not_linear():
+    # igate/fgate are nn.Linear in mLSTM blocks but head-wise layers in the sLSTM block
+    from xlstm_lm.training.lora import LoraSettings, apply_lora
+    from tests.models.test_lm import tiny_model
+
+    model = apply_lora(tiny_model("ms", dtype=torch.float32), LoraSettings(target_modules=["proj_up", "igate", "fgate"]))
+    adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert adapted and all(n.rsplit(".", 1)[-1] in ("proj_up", "igate", "fgate") for n in adapted)
+    assert any(n.endswith("igate") for n in adapted) and not any(n.startswith("blocks.1.") and "gate" in n for n in adapted)
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
+
+
 def test_init_from_rejects_shape_changes_and_other_tokenizers(base_run, tmp_path):
     data = write_task(tmp_path / "rev.jsonl", "reverse", TRAIN_WORDS[:50])
     raw = sft_raw(tmp_path / "a", data, steps=1, init_from=str(base_run))

@@ -63,9 +63,12 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
             f"train.lora.target_modules={settings.target_modules} matches no nn.Linear layer of this model "
             f"(its nn.Linear names: {sorted(present)}); choose some of those"
         )
+    # Full names of the matching nn.Linear layers: peft matches bare names by suffix and
+    # would also take same-named layers it cannot adapt (the sLSTM's head-wise igate/fgate).
+    wanted = set(settings.target_modules)
+    targets = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in wanted]
     config = LoraConfig(
-        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=[t for t in settings.target_modules if t in present], bias="none",
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, bias="none",
     )
     model = inject_adapter_in_model(config, model)
     for name, p in model.named_parameters():
