@@ -57,12 +57,10 @@ import triton
 import triton.language as tl
 
 from .common import MLSTMState, prepare_state, validate_inputs, validate_reset
+from .. import launch
 
 SUPPORTED_CHUNK_SIZES = (16, 32, 64, 128, 256)
 MAX_HEAD_DIM = 512
-# Set by tests: fill every output buffer with NaN before the kernels run, so that an
-# element a kernel fails to write cannot pass a comparison.
-POISON_OUTPUTS = False
 
 
 # =============================================================================== kernels
@@ -674,15 +672,6 @@ def mlstm_chunkwise_bwd_kernel_dv(
 # =============================================================================== launchers
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan"))
-    return out
-
-
-def _interpreted() -> bool:
-    return bool(triton.knobs.runtime.interpret)
 
 
 class _Config:
@@ -697,7 +686,7 @@ class _Config:
         self.NK = triton.cdiv(Dqk, self.BK)
         self.NV = triton.cdiv(Dv, self.BV)
         self.dot_bf16 = dtype == torch.bfloat16
-        self.upcast = _interpreted()
+        self.upcast = launch.interpreted()
         # TODO(gpu): measure num_warps / num_stages / BL per head dim on H100. Offline ptxas
         # (sm_90, 8 warps, 64 x 64 tiles) reports no spills for bf16 but 0.6-2.7 KB of spills
         # for fp32 (IEEE dots without tensor cores) in outputs/dq/dk/dv: try BL = 32 for fp32.
@@ -720,12 +709,12 @@ def _fwd_states(k, v, i_pad, base, seg, use, C0, n0, m0, cfg: _Config):
     Tp = i_pad.shape[-1]
     NC = Tp // cfg.L
     dev = k.device
-    CS = _empty((B, H, NC, Dqk, Dv), torch.float32, dev)
-    NS = _empty((B, H, NC, Dqk), torch.float32, dev)
-    MS = _empty((B, H, NC), torch.float32, dev)
-    CT = _empty((B, H, Dqk, Dv), torch.float32, dev)
-    nT = _empty((B, H, Dqk), torch.float32, dev)
-    mT = _empty((B, H), torch.float32, dev)
+    CS = launch.empty((B, H, NC, Dqk, Dv), torch.float32, dev)
+    NS = launch.empty((B, H, NC, Dqk), torch.float32, dev)
+    MS = launch.empty((B, H, NC), torch.float32, dev)
+    CT = launch.empty((B, H, Dqk, Dv), torch.float32, dev)
+    nT = launch.empty((B, H, Dqk), torch.float32, dev)
+    mT = launch.empty((B, H), torch.float32, dev)
     seg_p, use_p = _gate_ptrs(seg, use, i_pad)
     has_init = C0 is not None
     mlstm_chunkwise_fwd_kernel_states[(B * H, cfg.NK, cfg.NV)](
@@ -753,8 +742,8 @@ def mlstm_chunkwise_fwd(q, k, v, i_pad, base, seg, use, C0, n0, m0, eps: float, 
     NC = Tp // cfg.L
     dev = q.device
     CS, NS, MS, CT, nT, mT = _fwd_states(k, v, i_pad, base, seg, use, C0, n0, m0, cfg)
-    h = _empty((B, H, T, Dv), q.dtype, dev)
-    mt, den, nties, wtie = (_empty((B, H, Tp), torch.float32, dev) for _ in range(4))
+    h = launch.empty((B, H, T, Dv), q.dtype, dev)
+    mt, den, nties, wtie = (launch.empty((B, H, Tp), torch.float32, dev) for _ in range(4))
     seg_p, use_p = _gate_ptrs(seg, use, i_pad)
     mlstm_chunkwise_fwd_kernel_outputs[(B * H, NC * (cfg.L // cfg.BL), cfg.NV)](
         q, k, v, base, i_pad, seg_p, use_p,
@@ -808,11 +797,11 @@ def mlstm_chunkwise_bwd(q, k, v, i_pad, base, seg, use, C0, n0, m0, h, saved, fi
 
     # memory entering every chunk (recomputed) and the reverse recurrence of (dC, dn)
     CS, NS, MS, _, _, _ = _fwd_states(k, v, i_pad, base, seg, use, C0, n0, m0, cfg)
-    dCS = _empty((B, H, NC, Dqk, Dv), torch.float32, dev)
-    dNS = _empty((B, H, NC, Dqk), torch.float32, dev)
-    dC0 = _empty((B, H, Dqk, Dv), torch.float32, dev)
-    dn0 = _empty((B, H, Dqk), torch.float32, dev)
-    P_part = _empty((B, H, NC, cfg.NK, cfg.NV), torch.float32, dev)
+    dCS = launch.empty((B, H, NC, Dqk, Dv), torch.float32, dev)
+    dNS = launch.empty((B, H, NC, Dqk), torch.float32, dev)
+    dC0 = launch.empty((B, H, Dqk, Dv), torch.float32, dev)
+    dn0 = launch.empty((B, H, Dqk), torch.float32, dev)
+    P_part = launch.empty((B, H, NC, cfg.NK, cfg.NV), torch.float32, dev)
     mlstm_chunkwise_bwd_kernel_states[(B * H, cfg.NK, cfg.NV)](
         q, dh, base, use_p, mt, rq, dden,
         CS, NS, MS, dCT if has_dfinal else CT, dnT if has_dfinal else nT,
@@ -836,8 +825,8 @@ def mlstm_chunkwise_bwd(q, k, v, i_pad, base, seg, use, C0, n0, m0, h, saved, fi
     R = (use_c * w_frac * dmt_c)[..., : L - 1].sum(-1).contiguous()
     beta = (use_c * w_frac)[..., L - 1].contiguous()
     dmlast = dmt_c[..., L - 1].contiguous()
-    mnode = _empty((B, H, NC), torch.float32, dev)
-    dm0 = _empty((B, H), torch.float32, dev)
+    mnode = launch.empty((B, H, NC), torch.float32, dev)
+    dm0 = launch.empty((B, H), torch.float32, dev)
     block = min(triton.next_power_of_2(B * H), 128)
     mlstm_chunkwise_bwd_kernel_mscan[(triton.cdiv(B * H, block),)](
         P, R, beta, dmlast, dmT if has_dfinal else P, mnode, dm0,
@@ -851,10 +840,10 @@ def mlstm_chunkwise_bwd(q, k, v, i_pad, base, seg, use, C0, n0, m0, h, saved, fi
     n_tot = n_tot.view(B, H, Tp)
     rn = (n_tot / nties).contiguous()
 
-    dq = _empty((B, H, T, Dqk), torch.float32, dev)
-    dk = _empty((B, H, T, Dqk), torch.float32, dev)
-    dv = _empty((B, H, T, Dv), v.dtype, dev)
-    route = _empty((B, H, Tp), torch.float32, dev)
+    dq = launch.empty((B, H, T, Dqk), torch.float32, dev)
+    dk = launch.empty((B, H, T, Dqk), torch.float32, dev)
+    dv = launch.empty((B, H, T, Dv), v.dtype, dev)
+    route = launch.empty((B, H, Tp), torch.float32, dev)
     scale = Dqk**-0.5
     common = dict(HAS_RESET=has_reset, **cfg.const(), **cfg.launch)
     mlstm_chunkwise_bwd_kernel_dq[(B * H, NC * NB, cfg.NK)](
@@ -959,7 +948,7 @@ def mlstm_chunkwise_triton(
     device = q.device
     state_t = {} if initial_state is None else dict(zip(("initial C", "initial n", "initial m"), initial_state))
     _check_device({"k": k, "v": v, "i": i, "f": f, "reset": reset, **state_t}, device)
-    if device.type != "cuda" and not _interpreted():
+    if device.type != "cuda" and not launch.interpreted():
         raise ValueError(
             f"mlstm_chunkwise_triton: tensors are on {device}; the Triton kernels need CUDA tensors "
             "(or TRITON_INTERPRET=1 set before triton is imported, to debug on CPU); "

@@ -18,10 +18,10 @@ import triton
 import triton.language as tl
 
 from .common import MLSTMState, prepare_state, validate_reset
+from .. import launch
 
 MAX_HEAD_DIM = 512
 # Set by tests: fill output buffers with NaN before the kernel runs.
-POISON_OUTPUTS = False
 
 
 @triton.jit
@@ -80,12 +80,6 @@ def mlstm_step_fwd_kernel(
     tl.store(m_out_ptr + bh, m_new, mask=pid_v == 0)
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan"))
-    return out
-
 
 def mlstm_step_triton(
     q: torch.Tensor,
@@ -143,10 +137,10 @@ def mlstm_step_triton(
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     i, f = i.float().contiguous(), f.float().contiguous()
 
-    h = _empty((B, H, Dv), q.dtype, device)
-    C_out = _empty((B, H, Dqk, Dv), torch.float32, device)
-    n_out = _empty((B, H, Dqk), torch.float32, device)
-    m_out = _empty((B, H), torch.float32, device)
+    h = launch.empty((B, H, Dv), q.dtype, device)
+    C_out = launch.empty((B, H, Dqk, Dv), torch.float32, device)
+    n_out = launch.empty((B, H, Dqk), torch.float32, device)
+    m_out = launch.empty((B, H), torch.float32, device)
     BK = min(max(16, triton.next_power_of_2(Dqk)), 64)
     BV = min(max(16, triton.next_power_of_2(Dv)), 64)
     reset_i = i if reset is None else reset.to(torch.int32).contiguous()

@@ -16,10 +16,10 @@ import triton.language as tl
 
 from .naive import SLSTMState, validate_token_flags
 from . import triton_fused
-from .triton_fused import MAX_HEAD_DIM, _DTYPES, _interpreted, _slstm_cell_fwd
+from .triton_fused import MAX_HEAD_DIM, _DTYPES, _slstm_cell_fwd
+from .. import launch
 
 # Set by tests: fill output buffers with NaN before the kernel runs.
-POISON_OUTPUTS = False
 
 
 @triton.jit
@@ -92,12 +92,6 @@ def slstm_step_fwd_kernel(
     tl.store(m_out_ptr + s_off, m_new, mask=bd_ok)
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan"))
-    return out
-
 
 def slstm_step_triton(
     wx: torch.Tensor,
@@ -146,7 +140,7 @@ def slstm_step_triton(
     for name, t in (("R", R), ("b", b), ("reset", reset), *zip(("state h", "state c", "state n", "state m"), state)):
         if t is not None and t.device != device:
             raise ValueError(f"slstm_step_triton: {name} is on {t.device} but wx is on {device}; put all inputs on one device")
-    if device.type != "cuda" and not _interpreted():
+    if device.type != "cuda" and not launch.interpreted():
         raise ValueError(
             f"slstm_step_triton: tensors are on {device}; the kernel needs CUDA tensors "
             "(or TRITON_INTERPRET=1 set before triton is imported); use slstm_step for CPU"
@@ -154,7 +148,7 @@ def slstm_step_triton(
     validate_token_flags(reset, "reset", (B,), device)
     h, c, n, m = (t.float().contiguous() for t in state)
     wx, R, b = wx.contiguous(), R.contiguous(), b.contiguous()
-    out = [_empty((B, H, Dh), torch.float32, device) for _ in range(4)]
+    out = [launch.empty((B, H, Dh), torch.float32, device) for _ in range(4)]
     DP = max(16, triton.next_power_of_2(Dh))
     BN = min(DP, 64)
     BK = min(DP, 64)

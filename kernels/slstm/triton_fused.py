@@ -49,6 +49,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .naive import SLSTMState, _validate, validate_token_flags
+from .. import launch
 
 MAX_HEAD_DIM = 1024
 # Padded head dims up to this keep R (4 x DP x DP fp32) and the state in registers.
@@ -71,9 +72,6 @@ DOT_PRECISION = "ieee"
 # Batch rows per program (>= 16: tl.dot operand).
 # TODO(gpu): BB = 32/64 for large B (fewer R reads per step, fewer programs).
 BLOCK_B = 16
-# Set by tests: fill every output buffer with NaN before the kernels run, so that an
-# element a kernel fails to write cannot pass a comparison.
-POISON_OUTPUTS = False
 
 
 # =============================================================================== kernels
@@ -581,15 +579,6 @@ def slstm_bwd_kernel_streamed(
 # =============================================================================== launchers
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if POISON_OUTPUTS:
-        out.fill_(float("nan"))
-    return out
-
-
-def _interpreted() -> bool:
-    return bool(triton.knobs.runtime.interpret)
 
 
 class _Config:
@@ -628,8 +617,8 @@ def slstm_fwd(wx, R, b, state0: SLSTMState, mask, reset, exp_forget: bool, cfg: 
     """
     B, T, _, H, Dh = wx.shape
     dev = wx.device
-    out = _empty((B, T, H, Dh), wx.dtype, dev)
-    S = _empty((4, B, T + 1, H, Dh), torch.float32, dev)
+    out = launch.empty((B, T, H, Dh), wx.dtype, dev)
+    S = launch.empty((4, B, T + 1, H, Dh), torch.float32, dev)
     for s, s0 in zip(S, state0):
         s[:, 0] = s0
     kernel = slstm_fwd_kernel_resident if cfg.resident else slstm_fwd_kernel_streamed
@@ -665,8 +654,8 @@ def slstm_bwd(wx, R, b, S, mask, reset, dout, dfinal, exp_forget: bool, cfg: _Co
     G = G.contiguous()
     # gate gradients overwrite G in place; tests give them a NaN-filled buffer of their own
     # so that an element the kernel does not write cannot pass
-    dG = _empty(G.shape, torch.float32, dev) if POISON_OUTPUTS else G
-    D = _empty((4, B, H, Dh), torch.float32, dev)
+    dG = launch.empty(G.shape, torch.float32, dev) if launch.POISON_OUTPUTS else G
+    D = launch.empty((4, B, H, Dh), torch.float32, dev)
     for d, df in zip(D, dfinal):
         if df is None:
             d.zero_()
@@ -763,7 +752,7 @@ def slstm_triton(
     for name, t in others.items():
         if t is not None and t.device != device:
             raise ValueError(f"slstm_triton: {name} is on {t.device} but Wx is on {device}; put all inputs on one device")
-    if device.type != "cuda" and not _interpreted():
+    if device.type != "cuda" and not launch.interpreted():
         raise ValueError(
             f"slstm_triton: tensors are on {device}; the Triton kernels need CUDA tensors "
             "(or TRITON_INTERPRET=1 set before triton is imported, to debug on CPU); use slstm_recurrent for CPU"

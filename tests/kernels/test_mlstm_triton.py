@@ -16,7 +16,6 @@ which catches code the interpreter accepts but the GPU compiler does not.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -28,9 +27,9 @@ import torch
 triton = pytest.importorskip("triton")
 
 from tests.helpers import assert_close  # noqa: E402
+from tests.kernels import compile_offline, has_ptxas  # noqa: E402
+from xlstm_lm_kernels import launch  # noqa: E402
 from xlstm_lm_kernels.mlstm import MLSTMState, mlstm, mlstm_recurrent, mlstm_step  # noqa: E402
-from xlstm_lm_kernels.mlstm import chunkwise_triton as ct  # noqa: E402
-from xlstm_lm_kernels.mlstm import step_triton as st  # noqa: E402
 from xlstm_lm_kernels.mlstm.chunkwise_triton import mlstm_chunkwise_triton  # noqa: E402
 from xlstm_lm_kernels.mlstm.step_triton import mlstm_step_triton  # noqa: E402
 
@@ -55,8 +54,7 @@ TOL = {
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Every buffer the launchers allocate with torch.empty starts as NaN."""
-    monkeypatch.setattr(ct, "POISON_OUTPUTS", True)
-    monkeypatch.setattr(st, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(launch, "POISON_OUTPUTS", True)
 
 
 @dataclass(frozen=True)
@@ -455,22 +453,9 @@ _COMPILE_SCRIPT = textwrap.dedent(
 )
 
 
-def _has_ptxas() -> bool:
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        return os.path.exists(get_ptxas(90).path)
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
+@pytest.mark.skipif(not has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
 def test_kernels_compile_for_gpu_targets():
     """Compile every kernel to a cubin for sm_90 (bf16) and sm_80 (fp32) without a GPU:
     catches code that runs under the interpreter but that the GPU compiler rejects
     (dot shapes, dtypes, control flow on tensor values)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 2 * 8, proc.stdout
+    compile_offline(_COMPILE_SCRIPT, expected=2 * 8)

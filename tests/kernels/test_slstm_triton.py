@@ -21,7 +21,6 @@ program as one sequential thread, so a missing barrier still passes) and speed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -33,8 +32,9 @@ import torch
 triton = pytest.importorskip("triton")
 
 from tests.helpers import assert_close  # noqa: E402
+from tests.kernels import compile_offline, has_ptxas  # noqa: E402
+from xlstm_lm_kernels import launch  # noqa: E402
 from xlstm_lm_kernels.slstm import SLSTMState, slstm_empty_state, slstm_recurrent, slstm_step  # noqa: E402
-from xlstm_lm_kernels.slstm import step_triton as st  # noqa: E402
 from xlstm_lm_kernels.slstm import triton_fused as tf  # noqa: E402
 from xlstm_lm_kernels.slstm.step_triton import slstm_step_triton  # noqa: E402
 from xlstm_lm_kernels.slstm.triton_fused import slstm_triton  # noqa: E402
@@ -60,8 +60,7 @@ TOL = {
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Every buffer the launchers allocate with torch.empty starts as NaN."""
-    monkeypatch.setattr(tf, "POISON_OUTPUTS", True)
-    monkeypatch.setattr(st, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(launch, "POISON_OUTPUTS", True)
 
 
 @dataclass(frozen=True)
@@ -509,22 +508,9 @@ _COMPILE_SCRIPT = textwrap.dedent(
 )
 
 
-def _has_ptxas() -> bool:
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        return os.path.exists(get_ptxas(90).path)
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
+@pytest.mark.skipif(not has_ptxas(), reason="Triton's NVIDIA backend (ptxas) is not installed")
 def test_kernels_compile_for_gpu_targets():
     """Compile every kernel to a cubin for sm_90 (bf16) and sm_80 (fp32) without a GPU:
     catches code that runs under the interpreter but that the GPU compiler rejects
     (dot shapes, dtypes, control flow on tensor values)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 2 * 5, proc.stdout
+    compile_offline(_COMPILE_SCRIPT, expected=2 * 5)
