@@ -125,6 +125,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         raise
 
 
+def plain(x: Any) -> Any:
+    """Tuples -> lists, recursively: what YAML can write and what a JSON round trip gives back."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a dataclass config (YAML/JSON friendly)."""
     return dataclasses.asdict(cfg)

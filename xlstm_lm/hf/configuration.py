@@ -10,21 +10,10 @@ config (``vocab_size``, ``hidden_size``, ``num_hidden_layers``,
 
 from __future__ import annotations
 
-from typing import Any
-
 from transformers import PretrainedConfig
 
 from ..config import ModelConfig
-from ..config_utils import ConfigError, from_dict, to_dict
-
-
-def _plain(x: Any) -> Any:
-    """Tuples -> lists, recursively, so the stored section equals its JSON round trip."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
+from ..config_utils import ConfigError, from_dict, plain, to_dict
 
 
 def validated_model_config(model: ModelConfig | dict | None) -> ModelConfig:
@@ -65,7 +54,7 @@ class XLSTMLMConfig(PretrainedConfig):
         **kwargs,
     ):
         cfg = validated_model_config(model)
-        self.model = _plain(to_dict(cfg))
+        self.model = plain(to_dict(cfg))
         self.use_cache = use_cache
         self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
         # Derived from the model section; a stale value in a config.json cannot disagree.
@@ -84,7 +73,7 @@ class XLSTMLMConfig(PretrainedConfig):
     @vocab_size.setter
     def vocab_size(self, value: int) -> None:
         # transformers' resize_token_embeddings writes this; keep the section the single source.
-        self.model = _plain(to_dict(validated_model_config({**self.model, "vocab_size": int(value)})))
+        self.model = plain(to_dict(validated_model_config({**self.model, "vocab_size": int(value)})))
 
     @property
     def hidden_size(self) -> int:

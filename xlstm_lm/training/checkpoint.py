@@ -32,6 +32,7 @@ import yaml
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ..config_utils import plain
 from ..data.tokenizers import Tokenizer
 
 CHECKPOINTS = "checkpoints"
@@ -43,18 +44,9 @@ TOKENIZER_DIR = "tokenizer"
 _STEP_RE = re.compile(r"^step_(\d{7,})$")
 
 
-def _plain(x: Any) -> Any:
-    """Tuples -> lists, recursively (yaml.safe_dump cannot write tuples)."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def dump_config(config: dict[str, Any], path: Path) -> None:
     """Write a plain config dict as YAML (keys in definition order)."""
-    path.write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+    path.write_text(yaml.safe_dump(plain(config), sort_keys=False))
 
 
 def save_checkpoint(
