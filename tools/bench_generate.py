@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench_record import write_record  # noqa: E402
 
+from xlstm_lm.hf.compat import CACHE_NAME, output_cache  # noqa: E402
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and not ARGS.dry_run else "cpu")
 
 
@@ -104,13 +106,14 @@ def measure(model, batch: int, prompt: int, gen: int, vocab: int, windows: bool 
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     sync()
     prefill_s = time.perf_counter() - t0
-    cache = out.past_key_values
+    cache = output_cache(out)
     nxt = out.logits[:, -1:].argmax(-1)
     step_ms = []
     for _ in range(gen):
         t0 = time.perf_counter()
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        # the cache under the installed transformers' name (Llama's and ours alike)
+        out = model(input_ids=nxt, use_cache=True, **{CACHE_NAME: cache})
+        cache = output_cache(out)
         nxt = out.logits[:, -1:].argmax(-1)
         sync()
         step_ms.append((time.perf_counter() - t0) * 1e3)

@@ -36,6 +36,14 @@ tok = AutoTokenizer.from_pretrained("export", trust_remote_code=True)
 inputs = torch.load("inputs.pt")
 batch = tok(["def f(x):", "import os"], return_tensors="pt", padding=True)
 gen = model.generate(**batch, max_new_tokens=6, do_sample=False)
+# the generation invariants, in this interpreter (the folder's own code, this transformers):
+# cached == uncached greedy and beam; each row of the left-padded batch == its prompt alone
+for opts in (dict(do_sample=False), dict(num_beams=3, num_return_sequences=2, do_sample=False)):
+    cached = model.generate(**batch, max_new_tokens=6, **opts)
+    assert torch.equal(cached, model.generate(**batch, max_new_tokens=6, use_cache=False, **opts)), opts
+for row, text in enumerate(["def f(x):", "import os"]):
+    alone = model.generate(**tok(text, return_tensors="pt"), max_new_tokens=6, do_sample=False)
+    assert torch.equal(gen[row, -6:], alone[0, -6:]), text
 assert "xlstm_lm" not in sys.modules and "xlstm_lm_kernels" not in sys.modules
 torch.save({"logits": model(inputs).logits, "gen": gen, "ids": batch["input_ids"],
             "module": type(model).__module__}, "outputs.pt")

@@ -15,6 +15,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer, p
 
 from tests.hf import ALL_KINDS, tiny_hf_model
 from xlstm_lm.hf.cache import XLSTMLMCache
+from xlstm_lm.hf.compat import output_cache
 from xlstm_lm.hf.export import byte_tokenizer_fast
 
 KINDS = list(ALL_KINDS)
@@ -58,10 +59,10 @@ def test_prefill_is_one_full_sequence_pass_then_single_token_steps_with_constant
     out = model.generate(ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
     hook.remove()
     assert lengths == [13] + [1] * 5
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert isinstance(cache, XLSTMLMCache) and cache.get_seq_length() == 13 + 5
     short = cache.memory_bytes()
-    long = model.generate(ids, max_new_tokens=40, do_sample=False, return_dict_in_generate=True).past_key_values
+    long = output_cache(model.generate(ids, max_new_tokens=40, do_sample=False, return_dict_in_generate=True))
     assert long.memory_bytes() == short > 0
 
 

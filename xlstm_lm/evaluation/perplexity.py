@@ -105,12 +105,15 @@ def load_scorer(source: str | Path, device: str = "cpu") -> Scorer:
     loaded = load_model(source, device)
     dev = loaded.device
     if loaded.hf_folder:
+        # transformers is imported only when a Hugging Face folder is scored
+        from ..hf.compat import CACHE_NAME, output_cache
+
         model, tok = loaded.model, loaded.tokenizer
         stateful = type(model).__name__ == "XLSTMLMForCausalLM"
 
         def forward(ids, state):
-            out = model(input_ids=ids, past_key_values=state, use_cache=stateful)
-            return out.logits[0].float(), (out.past_key_values if stateful else None)
+            out = model(input_ids=ids, use_cache=stateful, **{CACHE_NAME: state})
+            return out.logits[0].float(), (output_cache(out) if stateful else None)
 
         sep = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
         return Scorer(

@@ -18,6 +18,7 @@ import warnings
 
 _CONFIG_MODULE = "transformers.models.auto.configuration_auto"
 _MODEL_MODULE = "transformers.models.auto.modeling_auto"
+_OUR_MODELING = f"{__package__}.modeling"
 _done: set[str] = set()
 
 
@@ -37,6 +38,11 @@ def register_model() -> None:
     """``AutoModelForCausalLM`` maps ``XLSTMLMConfig`` to ``XLSTMLMForCausalLM`` (idempotent)."""
     if "model" in _done:
         return
+    ours = sys.modules.get(_OUR_MODELING)
+    if ours is not None and not hasattr(ours, "XLSTMLMForCausalLM"):
+        # Our modeling module is executing and its own transformers imports loaded the
+        # auto module midway: the hook registers once it has run (_after_our_modeling).
+        return
     register_config()
     from transformers import AutoModelForCausalLM
 
@@ -45,6 +51,11 @@ def register_model() -> None:
 
     AutoModelForCausalLM.register(XLSTMLMConfig, XLSTMLMForCausalLM, exist_ok=True)
     _done.add("model")
+
+
+def _after_our_modeling() -> None:
+    if _MODEL_MODULE in sys.modules:
+        register_model()
 
 
 def register() -> None:
@@ -78,9 +89,10 @@ class _LoaderWithCallback(importlib.abc.Loader):
 
 
 class _AutoImportHook(importlib.abc.MetaPathFinder):
-    """Finds nothing itself; wraps the loader of the two transformers auto modules."""
+    """Finds nothing itself; wraps the loader of the two transformers auto modules (and of
+    our modeling module, for when importing it is what loads transformers' auto module)."""
 
-    _callbacks = {_CONFIG_MODULE: register_config, _MODEL_MODULE: register_model}
+    _callbacks = {_CONFIG_MODULE: register_config, _MODEL_MODULE: register_model, _OUR_MODELING: _after_our_modeling}
 
     def find_spec(self, fullname, path, target=None):
         callback = self._callbacks.get(fullname)

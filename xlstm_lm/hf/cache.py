@@ -7,8 +7,9 @@ batch as dim 0, so beam-search reordering is ``index_select(0, beam_idx)`` on al
 
 It implements the part of transformers' ``Cache`` interface that ``generate`` uses
 for a model that builds its own cache (``get_seq_length``, ``reorder_cache``,
-``batch_repeat_interleave``, ``batch_select_indices``, ``reset``) without
-subclassing ``Cache``, whose internals (key/value layers) do not fit a recurrence.
+``batch_repeat_interleave``, ``batch_select_indices``, ``reset``, the layer-kind
+flags ``is_linear`` / ``is_sliding``) without subclassing ``Cache``, whose internals
+(key/value layers) do not fit a recurrence.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ class XLSTMLMCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Positions consumed so far (the state itself has no sequence dimension)."""
         return self.seen_tokens
+
+    @property
+    def is_linear(self) -> list[bool]:
+        """One False per block: unlike transformers' linear-attention cache layers, this
+        cache counts the positions it has seen, so ``generate`` may (and must) slice a
+        resumed prompt by ``get_seq_length()``; ``all(is_linear)`` would stop that."""
+        return [False] * max(1, len(self))
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        """No sliding-window layers: the state summarises every position seen."""
+        return [False] * max(1, len(self))
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
         """-1: no maximum length (the state does not grow)."""

@@ -13,8 +13,18 @@ Conventions that differ from ``XLSTMLM.forward``, as transformers expects them:
   all positions so far); its last ``T`` columns belong to the inputs. Padding must
   be on the left: padded positions leave every recurrent state untouched.
 
-Activation checkpointing is applied here, per block, when transformers enables it
-(``gradient_checkpointing_enable``); the model code itself knows nothing of it.
+The cache goes in and out under the name the installed transformers uses
+(``cache`` from 5.24 on, ``past_key_values`` before; ``forward`` accepts every name,
+see ``compat.py``). ``generate`` prepares the inputs with transformers' own
+``prepare_inputs_for_generation``, so every argument it hands the model
+(``output_hidden_states``, ``logits_to_keep``, ``inputs_embeds`` on the first step,
+a cache to continue from) arrives as it would for a model inside transformers.
+
+Activation checkpointing follows transformers' convention: each block of the wrapped
+``XLSTMLM`` is turned into a ``GradientCheckpointingLayer`` of the same name and
+parameters when the wrapper is built, so transformers' switch
+(``activation_checkpointing_enable`` / ``gradient_checkpointing_enable``) reaches
+them; the model code itself knows nothing of it.
 """
 
 from __future__ import annotations
@@ -23,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..layers.basic import soft_cap
+from ..models.blocks import ClassicBlock, MLSTM7BBlock, MLSTMBlock, SLSTMBlock
 from ..models.lm import XLSTMLM
 from .cache import XLSTMLMCache
+from .compat import causal_lm_output, pick_cache
 from .configuration import XLSTMLMConfig
 
 
@@ -40,6 +52,31 @@ from .configuration import XLSTMLMConfig
 LORA_TARGET_MODULES = ("q", "k", "v", "out_proj", "proj_up", "proj_down")
 
 
+class MLSTMBlockLayer(GradientCheckpointingLayer, MLSTMBlock):
+    """``MLSTMBlock`` that transformers' activation-checkpointing switch reaches."""
+
+
+class SLSTMBlockLayer(GradientCheckpointingLayer, SLSTMBlock):
+    """``SLSTMBlock`` that transformers' activation-checkpointing switch reaches."""
+
+
+class MLSTM7BBlockLayer(GradientCheckpointingLayer, MLSTM7BBlock):
+    """``MLSTM7BBlock`` that transformers' activation-checkpointing switch reaches."""
+
+
+class ClassicBlockLayer(GradientCheckpointingLayer, ClassicBlock):
+    """``ClassicBlock`` that transformers' activation-checkpointing switch reaches."""
+
+
+#: block class of ``XLSTMLM`` -> the same block as a ``GradientCheckpointingLayer``
+CHECKPOINTING_LAYERS = {
+    MLSTMBlock: MLSTMBlockLayer,
+    SLSTMBlock: SLSTMBlockLayer,
+    MLSTM7BBlock: MLSTM7BBlockLayer,
+    ClassicBlock: ClassicBlockLayer,
+}
+
+
 class XLSTMLMPreTrainedModel(PreTrainedModel):
     config_class = XLSTMLMConfig
     base_model_prefix = "model"
@@ -47,7 +84,7 @@ class XLSTMLMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # The cache is a recurrent state: it cannot be cropped (no assisted decoding).
     _is_stateful = True
-    _no_split_modules = ["MLSTMBlock", "SLSTMBlock", "MLSTM7BBlock", "ClassicBlock"]
+    _no_split_modules = [cls.__name__ for cls in CHECKPOINTING_LAYERS.values()]
     # Only used when config.tie_word_embeddings (derived from model.tie_embeddings).
     _tied_weights_keys = {"model.lm_head.weight": "model.embedding.weight"}
 
@@ -59,17 +96,21 @@ class XLSTMLMPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """``PreTrainedModel.from_pretrained``, but weights that do not fit the
-        architecture are an error, not a warning with randomly initialised leftovers
-        (pass ``ignore_mismatched_sizes=True`` to get transformers' lenient loading)."""
+        architecture are an error, not a warning with randomly initialised leftovers.
+
+        As in transformers, ``output_loading_info=True`` returns ``(model, info)`` and
+        reports missing / unexpected / mismatched keys in ``info`` instead of raising;
+        so does ``ignore_mismatched_sizes=True`` (transformers' lenient loading)."""
         want_info = kwargs.pop("output_loading_info", False)
-        lenient = kwargs.get("ignore_mismatched_sizes", False)
+        lenient = want_info or kwargs.get("ignore_mismatched_sizes", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = {k: sorted(map(str, info.get(k) or []))[:6] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if not lenient and any(problems.values()):
             found = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in problems.items() if v)
             raise ValueError(
                 f"the weights in {args[0] if args else kwargs.get('pretrained_model_name_or_path')} do not fit the "
-                f"architecture in its config.json ({found}); it was saved from a different model"
+                f"architecture in its config.json ({found}); it was saved from a different model "
+                "(pass output_loading_info=True to load anyway and get the list of keys)"
             )
         return (model, info) if want_info else model
 
@@ -85,7 +126,9 @@ class XLSTMLMForCausalLM(XLSTMLMPreTrainedModel, GenerationMixin):
     def __init__(self, config: XLSTMLMConfig):
         super().__init__(config)
         self.model = XLSTMLM(config.model_config)
-        self.gradient_checkpointing = False
+        for block in self.model.blocks:
+            # same parameters and forward; only transformers' checkpointing switch is added
+            block.__class__ = CHECKPOINTING_LAYERS[type(block)]
         self.post_init()
 
     # --- embeddings (transformers / peft use these) -------------------------------
@@ -101,6 +144,13 @@ class XLSTMLMForCausalLM(XLSTMLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.model.lm_head = value
 
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """transformers' resize (embedding, head, ``config.vocab_size``), then the wrapped
+        ``XLSTMLM``'s own config follows, so its token-id check accepts the new ids."""
+        embeddings = super().resize_token_embeddings(*args, **kwargs)
+        self.model.config = self.config.model_config
+        return embeddings
+
     def num_params(self, exclude_embedding: bool = False) -> int:
         return self.model.num_params(exclude_embedding)
 
@@ -109,28 +159,33 @@ class XLSTMLMForCausalLM(XLSTMLMPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: XLSTMLMCache | None = None,
+        cache: XLSTMLMCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: XLSTMLMCache | None = None,
         **kwargs,
     ):
-        """``input_ids (B, T)`` or ``inputs_embeds (B, T, D)``; continues from
-        ``past_key_values`` if given. Returns ``CausalLMOutputWithPast`` with
-        ``logits (B, T', V)`` (``T' = logits_to_keep`` last positions, all if 0),
-        the shifted-label loss, and the updated cache when ``use_cache``."""
+        """``input_ids (B, T)`` or ``inputs_embeds (B, T, D)``; continues from the cache
+        if one is given (as ``cache``, ``past_key_values`` or ``cache_params``). Returns
+        ``CausalLMOutputWithPast`` with ``logits (B, T', V)`` (``T' = logits_to_keep``
+        last positions, all if 0), the shifted-label loss, the hidden states (embedding
+        output, then each block's, the last one after the final norm) when asked, and
+        the updated cache when ``use_cache``, under the installed transformers' name
+        (``compat.CACHE_NAME``). ``attentions`` is always None: no block has attention
+        weights."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if past_key_values is not None and not isinstance(past_key_values, XLSTMLMCache):
+        cache = pick_cache(cache=cache, past_key_values=past_key_values, cache_params=kwargs.pop("cache_params", None))
+        if cache is not None and not isinstance(cache, XLSTMLMCache):
             raise TypeError(
-                f"past_key_values must be an XLSTMLMCache (the recurrent state), got {type(past_key_values).__name__}; "
+                f"the cache must be an XLSTMLMCache (the recurrent state), got {type(cache).__name__}; "
                 "pass the one a previous forward returned, or None"
             )
         lm = self.model
-        cache = past_key_values
         state = cache.states if cache is not None else None
         if input_ids is not None:
             lm._check_inputs(input_ids, state, None)
@@ -146,17 +201,14 @@ class XLSTMLMForCausalLM(XLSTMLMPreTrainedModel, GenerationMixin):
         output_hidden_states = bool(output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
 
         # Mirrors XLSTMLM.forward (tests/hf prove equal logits and states), with
-        # inputs_embeds, hidden-state outputs and per-block checkpointing added.
+        # inputs_embeds and hidden-state outputs added; each block checkpoints itself
+        # when transformers' switch is on (GradientCheckpointingLayer).
         hidden_states = [] if output_hidden_states else None
         new_state = []
         for b, block in enumerate(lm.blocks):
             if hidden_states is not None:
                 hidden_states.append(x)
-            block_state = None if state is None else state[b]
-            if self.gradient_checkpointing and self.training:
-                x, s = self._gradient_checkpointing_func(block.__call__, x, block_state, mask)
-            else:
-                x, s = block(x, block_state, mask)
+            x, s = block(x, None if state is None else state[b], mask)
             new_state.append(s)
         x = lm.final_norm(x)
         if hidden_states is not None:
@@ -175,10 +227,10 @@ class XLSTMLMForCausalLM(XLSTMLMPreTrainedModel, GenerationMixin):
         if use_cache:
             out_cache = cache if cache is not None else XLSTMLMCache()
             out_cache.update(new_state, T)
-        output = CausalLMOutputWithPast(
+        output = causal_lm_output(
+            cache=out_cache,
             loss=loss,
             logits=logits,
-            past_key_values=out_cache,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -216,41 +268,14 @@ class XLSTMLMForCausalLM(XLSTMLMPreTrainedModel, GenerationMixin):
         return total / num_items_in_batch
 
     # --- generation ------------------------------------------------------------------
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        past_key_values: XLSTMLMCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        next_sequence_length: int | None = None,
-        **kwargs,
-    ) -> dict:
-        """Prefill: the whole prompt (full-sequence path). Then: only the new token(s)
-        on the carried state. Without a cache, every step recomputes the whole
-        sequence from the empty state. ``inputs_embeds`` are used for the prefill only."""
-        if use_cache is None:
-            use_cache = self.config.use_cache
-        inputs: dict = {"use_cache": use_cache, "attention_mask": attention_mask}
-        seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if use_cache and next_sequence_length is not None:
-            # transformers >= 5 says how many trailing positions are new
-            inputs["input_ids"] = input_ids[:, input_ids.shape[1] - next_sequence_length :]
-        elif use_cache and seen > 0:
-            inputs["input_ids"] = input_ids[:, seen:]
-        elif use_cache and inputs_embeds is not None:
-            inputs["inputs_embeds"] = inputs_embeds
-        else:
-            inputs["input_ids"] = input_ids
-        if use_cache:
-            inputs["past_key_values"] = past_key_values
-        if "logits_to_keep" in kwargs:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
-        return inputs
+    # transformers' own prepare_inputs_for_generation is used as is: it slices the new
+    # positions by the cache's get_seq_length() (prefill: the whole prompt; then one
+    # token per step; continuing from a returned cache: what it has not seen), takes
+    # inputs_embeds on the first step only and forwards every other argument.
 
-    def _reorder_cache(self, past_key_values: XLSTMLMCache, beam_idx: torch.LongTensor) -> XLSTMLMCache:
-        past_key_values.reorder_cache(beam_idx)
-        return past_key_values
+    def _reorder_cache(self, cache: XLSTMLMCache, beam_idx: torch.LongTensor) -> XLSTMLMCache:
+        cache.reorder_cache(beam_idx)
+        return cache
 
 
-__all__ = ["LORA_TARGET_MODULES", "XLSTMLMForCausalLM", "XLSTMLMPreTrainedModel"]
+__all__ = ["CHECKPOINTING_LAYERS", "LORA_TARGET_MODULES", "XLSTMLMForCausalLM", "XLSTMLMPreTrainedModel"]

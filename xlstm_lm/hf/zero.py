@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.tokenizers import ByteTokenizer, Tokenizer, load_tokenizer
+from ..extras import require
 from ..training import checkpoint as ckpt_io
 
 DS_DIR = "deepspeed"
@@ -160,9 +161,8 @@ def gather_weights(ckpt: DeepSpeedCheckpoint) -> dict[str, Any]:
     import torch
 
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ds_dir), tag=ckpt.tag)
+    zero_to_fp32 = require("deepspeed.utils.zero_to_fp32", f"reading the DeepSpeed checkpoint {ckpt.ds_dir}")
+    state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ds_dir), tag=ckpt.tag)
     # undo the run-option wrappers (activation checkpointing: blocks.i.block.*, torch.compile: _orig_mod.)
     return {k.replace(".block.", ".").replace("_orig_mod.", ""): v for k, v in state.items()}
 
