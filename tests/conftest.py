@@ -23,3 +23,7 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Deprecation announcements reached from our code fail the test (autouse fixture).
+from tests.deprecations import fail_on_deprecations_from_our_code  # noqa: E402, F401

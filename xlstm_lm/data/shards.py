@@ -32,8 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..extras import require
 from .corpus import DataError
 from .tokenizers import Tokenizer, load_tokenizer
+
+DATASETS_FEATURE = "reading data through the datasets library (tools/prepare_data.py, --dataset sources)"
 
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
@@ -61,10 +64,10 @@ def local_data_files(path: Path, split: str | None = None) -> dict[str, list[str
         files = [path]
     elif path.is_dir():
         files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
-        from datasets.data_files import DataFilesDict, get_data_patterns
-
+        data_files = require("datasets.data_files", DATASETS_FEATURE)
         try:
-            by_split = DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path))
+            patterns = data_files.get_data_patterns(str(path))
+            by_split = data_files.DataFilesDict.from_patterns(patterns, base_path=str(path))
         except FileNotFoundError:
             by_split = {}
         names = [str(s) for s in by_split]
@@ -96,7 +99,7 @@ def local_data_files(path: Path, split: str | None = None) -> dict[str, list[str
 
 def _load_dataset(what: str, *args, **kwargs):
     """``datasets.load_dataset`` whose failures become DataError naming the source."""
-    import datasets
+    datasets = require("datasets", DATASETS_FEATURE)
 
     try:
         return datasets.load_dataset(*args, **kwargs)
@@ -156,7 +159,7 @@ class TextSource:
         label = self.name + (f" ({self.config})" if self.config else "")
         split = self.split
         if split is None:
-            import datasets
+            datasets = require("datasets", DATASETS_FEATURE)
 
             try:
                 names = datasets.get_dataset_split_names(self.name, self.config)

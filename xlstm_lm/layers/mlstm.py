@@ -14,6 +14,7 @@ from torch import nn
 from xlstm_lm_kernels.mlstm import MLSTMState, mlstm
 
 from ..config import MLSTM7BConfig, MLSTMConfig
+from ..extras import require
 from .basic import CausalConv1d, HeadwiseLinear, small_init_, soft_cap, wang_init_
 from .norms import MultiHeadLayerNorm
 
@@ -40,6 +41,8 @@ def resolve_kernel(kernel: str, x: torch.Tensor) -> str:
     """'auto' -> 'triton' for CUDA tensors when triton is installed, else 'torch'."""
     if kernel == "auto":
         return "triton" if x.is_cuda and triton_available() else "torch"
+    if kernel == "triton":
+        require("triton", "kernel_backend=triton")
     return kernel
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..extras import require
 from ..layers.basic import small_init_, soft_cap
 from ..layers.norms import make_norm
 from .blocks import MLSTM7BBlock, MLSTMBlock, SLSTMBlock, build_block
@@ -38,6 +39,9 @@ class LMOutput:
 class XLSTMLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.kernel_backend == "triton":
+            # before anything runs: a run asking for Triton stops here, not at its first step
+            require("triton", "model.kernel_backend=triton")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.emb_dropout = nn.Dropout(config.dropout) if config.embedding_dropout else nn.Identity()

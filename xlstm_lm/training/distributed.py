@@ -70,6 +70,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from ..config_utils import ConfigError, to_dict
+from ..extras import require
 from ..data.sft import PackedBatch as SFTRows
 from ..data.sft import SFTBatches
 from ..data.shards import PackedBatch, PackedLoader, TokenShards
@@ -82,6 +83,8 @@ from .launch_env import preflight
 from .monitor import MetricsLog, format_mfu, mfu, peak_flops
 from .optim import build_optimizer, lr_at, z_loss
 from .trainer import METRICS_FILE, check_resume_config, default_model_factory
+
+DEEPSPEED_FEATURE = "the DeepSpeed training loop (data.shards, data.sft, train.distributed or a multi-process launcher)"
 
 DS_DIR = "deepspeed"
 #: Step and world size of a checkpoint, next to DeepSpeed's files in each tag folder.
@@ -165,8 +168,7 @@ def apply_run_options(model: nn.Module, cfg: RunConfig, world_size: int):
     Wrapping blocks keeps parameter names stable only when neither option is on
     (``blocks.i.block.*`` otherwise), so checkpoints are written through the engine.
     """
-    import deepspeed
-
+    deepspeed = require("deepspeed", DEEPSPEED_FEATURE)
     dc = cfg.train.distributed
     if dc.activation_checkpointing or dc.compile:
         for i, block in enumerate(model.blocks):
@@ -196,7 +198,7 @@ def init_process_group() -> tuple[int, int, torch.device]:
     if not cuda:
         # DeepSpeed picks its accelerator at import time
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
+    deepspeed = require("deepspeed", DEEPSPEED_FEATURE)
 
     global _JOINED
     _JOINED = True
@@ -313,9 +315,7 @@ def _load_data(cfg: RunConfig, micro: int, rank: int, world: int, run_dir: Path,
 def _check_precision(precision: str) -> None:
     """A clear ConfigError, before any model is built, for a precision DeepSpeed's accelerator
     lacks (its CPU accelerator: bf16 always, fp16 only where oneDNN has fp16 kernels)."""
-    from deepspeed.accelerator import get_accelerator
-
-    acc = get_accelerator()
+    acc = require("deepspeed.accelerator", DEEPSPEED_FEATURE).get_accelerator()
     supported = {"fp32": True, "bf16": acc.is_bf16_supported(), "fp16": acc.is_fp16_supported()}
     if not supported[precision]:
         ok = ", ".join(k for k, v in supported.items() if v)
