@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=None, help="stop after scoring this many tokens")
     ap.add_argument("--max-bytes", type=int, default=None, help="read at most this many bytes of text")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let a Hugging Face folder of another model type run the Python code it carries")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--plot", default=None, help="write the perplexity-by-position plot (PNG) here")
     args = ap.parse_args(argv)
@@ -78,11 +80,11 @@ def main(argv=None) -> int:
             )
             texts.check()
         else:
-            docs = load_corpus(args.text, args.max_bytes)
+            docs = load_corpus(args.text, args.max_bytes, flag="--text")
             if args.text is None:
                 docs = split_documents(docs, 0.05)[1]
             texts = [d.text for d in docs]
-        scorer = load_scorer(args.model, args.device)
+        scorer = load_scorer(args.model, args.device, args.trust_remote_code)
     except (FileNotFoundError, DataError, ValueError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

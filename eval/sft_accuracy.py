@@ -59,6 +59,8 @@ def main(argv=None) -> int:
                     help=f"answer length limit in tokens (default: the longest reference's + {SLACK_TOKENS})")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
     ap.add_argument("--batch-size", type=int, default=32, help="prompts decoded together (left-padded)")
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let a Hugging Face folder of another model type run the Python code it carries")
     ap.add_argument("--chat-template", default=None, choices=["auto", "simple", "plain", "hf"],
                     help="run dir / checkpoint only: override the run's data.sft.chat_template")
     ap.add_argument("--device", default="cpu")
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
         problem = lora_problem(args.model) if Path(args.model).exists() else None
         if problem:
             raise DataError(problem)
-        loaded = load_model(args.model, args.device)
+        loaded = load_model(args.model, args.device, args.trust_remote_code)
         res = sft_accuracy(loaded, args.data, args.max_new_tokens, args.limit, args.batch_size, args.chat_template)
     except (FileNotFoundError, DataError, ValueError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -152,15 +152,29 @@ def _deep_update(base: dict, new: dict) -> dict:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config, resolving ``base:`` chains (paths relative to the file)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file, e.g. {path / 'tiny.yaml'} (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; see configs/ for the shipped ones")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at top level")
     base = data.pop("base", None)
     if base is not None:
         data = _deep_update(load_yaml(path.parent / base), data)
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line from a YAML error: what is wrong and where (line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -170,7 +184,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value, e.g. model.num_blocks=4")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"override {item!r}: the value of {key.strip()} is not valid YAML ({_yaml_problem(e)}); "
+                "quote it for the shell, e.g. 'train.betas=[0.9, 0.95]'"
+            ) from None
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:

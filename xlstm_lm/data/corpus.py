@@ -88,10 +88,11 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
 
 
-def load_corpus(path: str | os.PathLike | None, max_bytes: int | None = None) -> list[Document]:
+def load_corpus(path: str | os.PathLike | None, max_bytes: int | None = None, flag: str = "--data") -> list[Document]:
     """Read the corpus at ``path`` (None: the built-in one) as documents, at most ``max_bytes`` bytes.
 
-    Raises DataError when the path is missing, holds no text, or a file cannot be read.
+    Raises DataError when the path is missing, holds no text, or a file cannot be read;
+    its advice names ``flag``, the option that gave the path (``--text`` in eval/perplexity.py).
     """
     if path is None:
         root, files = stdlib_dir(), default_corpus_files()
@@ -101,7 +102,7 @@ def load_corpus(path: str | os.PathLike | None, max_bytes: int | None = None) ->
         root = Path(path).expanduser()
         source = str(root)
         if not root.exists():
-            raise DataError(f"data path {root} does not exist; pass a text file or a folder of text files with --data PATH")
+            raise DataError(f"data path {root} does not exist; pass a text file or a folder of text files with {flag} PATH")
         if root.is_file():
             files = [root]
         elif root.is_dir():
@@ -109,7 +110,7 @@ def load_corpus(path: str | os.PathLike | None, max_bytes: int | None = None) ->
             if not files:
                 raise DataError(
                     f"data folder {root} holds no text files (looked for {', '.join('*' + s for s in TEXT_SUFFIXES)}, "
-                    "recursively); add some, or pass a single file with --data"
+                    f"recursively); add some, or pass a single file with {flag}"
                 )
         else:
             raise DataError(f"data path {root} is neither a file nor a folder")

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..runs import load_hf_folder
+
 Mode = str  # "stream" | "window"
 
 
@@ -80,29 +82,27 @@ class LoadedModel:
     run_cfg: dict[str, Any] | None = None
 
 
-def load_model(source: str | Path, device: str = "cpu") -> LoadedModel:
+def load_model(source: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
     """The model of a training run dir / checkpoint folder, a DeepSpeed run (consolidated in
-    memory), or a Hugging Face model folder."""
+    memory), or a Hugging Face model folder (code it carries runs only with
+    ``trust_remote_code``; our own exports load with the installed classes: ``runs``)."""
     path = Path(source)
     dev = torch.device(device)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; pass a run dir, a checkpoint folder or an HF model folder")
     if _is_hf_dir(path):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).to(dev).eval()
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        return LoadedModel(model, tok, f"hf:{path}", dev, True)
+        model, tok = load_hf_folder(path, trust_remote_code)
+        return LoadedModel(model.to(dev).eval(), tok, f"hf:{path}", dev, True)
     from ..hf.export import load_checkpoint_as_hf
 
     hf_model, tokenizer, ckpt, run_cfg = load_checkpoint_as_hf(path)
     return LoadedModel(hf_model.to(dev).eval(), tokenizer, f"checkpoint:{ckpt}", dev, False, run_cfg)
 
 
-def load_scorer(source: str | Path, device: str = "cpu") -> Scorer:
+def load_scorer(source: str | Path, device: str = "cpu", trust_remote_code: bool = False) -> Scorer:
     """A scorer for a training run dir / checkpoint folder, a DeepSpeed run (consolidated in
     memory), or a Hugging Face model folder (``load_model``)."""
-    loaded = load_model(source, device)
+    loaded = load_model(source, device, trust_remote_code)
     dev = loaded.device
     if loaded.hf_folder:
         # transformers is imported only when a Hugging Face folder is scored

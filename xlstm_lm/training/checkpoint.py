@@ -149,7 +149,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     for older in reversed(candidates):
         if older != damaged and checkpoint_problem(older) is None:
-            warnings.warn(f"{what}; falling back to {older.name}, the newest complete checkpoint", stacklevel=2)
+            # stacklevel 1: one location, so the same fallback is reported once however often it is looked up
+            warnings.warn(f"{what}; falling back to {older.name}, the newest complete checkpoint", stacklevel=1)
             return older
     raise FileNotFoundError(
         f"{what}, and no complete checkpoint is left in {root} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from ..config_utils import ConfigError, apply_overrides, load_yaml
 from ..data.corpus import DataError
 from .checkpoint import latest_checkpoint, load_checkpoint_config
 from .config import TrainConfig
+from .rundir import RunLock, check_run_dir, remove_stale_temporaries
 from .trainer import TrainingDiverged, train
 
 EXAMPLES = """\
@@ -52,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", default=None, help="text file or folder of text files (sets data.path)")
     parser.add_argument("--run-dir", default=None, help="folder for checkpoints and metrics (sets train.run_dir)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the run dir from its latest checkpoint")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in the run dir from its latest checkpoint (an error if it has none)",
+    )
+    parser.add_argument(
+        "--resume-or-new", action="store_true",
+        help="continue the run if the run dir has a checkpoint, else start it there (for job schedulers)",
+    )
     parser.add_argument(
         "--init-from", default=None,
         help="start from the weights (and model config) of a run dir, checkpoint or HF folder (sets train.init_from)",
@@ -88,31 +97,60 @@ def _apply_cli(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return raw
 
 
+def _run_dir_of(raw: dict[str, Any]) -> Path:
+    return Path(_section(raw, "train").get("run_dir", TrainConfig.run_dir))
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint a run can continue from (either loop's layout)."""
+    return latest_checkpoint(run_dir) is not None or (run_dir / "deepspeed" / "latest").is_file()
+
+
 def load_raw_config(args: argparse.Namespace, default_config: Path) -> dict[str, Any]:
-    """The plain config dict of a command line (YAML file + overrides + --data/--run-dir)."""
+    """The plain config dict of a command line (YAML file + overrides + --data/--run-dir).
+
+    ``--resume`` needs a checkpoint in the run dir (an error names the folder
+    otherwise: a typo must not start a fresh run); ``--resume-or-new`` continues when
+    there is one and starts the run when there is none (for schedulers that rerun the
+    same command). Without ``--config`` a resume uses the run's saved config."""
+    raw = _apply_cli(load_yaml(args.config if args.config is not None else default_config), args)
+    run_dir = _run_dir_of(raw)
+    if getattr(args, "resume_or_new", False):
+        args.resume = has_checkpoint(run_dir)
+        raw = _apply_cli(load_yaml(args.config if args.config is not None else default_config), args)
+    if not args.resume:
+        return raw
+    if not has_checkpoint(run_dir):
+        what = "does not exist" if not run_dir.exists() else "holds no checkpoint (no checkpoints/latest, no deepspeed/latest)"
+        raise ConfigError(
+            f"--resume: the run dir {run_dir} {what}; check --run-dir, or leave out --resume to start a new run "
+            "there (--resume-or-new does either)"
+        )
     if args.config is not None:
-        return _apply_cli(load_yaml(args.config), args)
-    raw = _apply_cli(load_yaml(default_config), args)
-    if args.resume:
-        run_dir = Path(_section(raw, "train").get("run_dir", TrainConfig.run_dir))
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None:
-            return _apply_cli(load_checkpoint_config(ckpt), args)
-        # A run of the DeepSpeed loop: its resolved config sits next to deepspeed/latest.
-        if (run_dir / "deepspeed" / "latest").is_file() and (run_dir / "config.json").is_file():
-            return _apply_cli(json.loads((run_dir / "config.json").read_text()), args)
-    return raw
+        return raw
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        return _apply_cli(load_checkpoint_config(ckpt), args)
+    # A run of the DeepSpeed loop: its resolved config sits next to deepspeed/latest.
+    return _apply_cli(json.loads((run_dir / "config.json").read_text()), args)
 
 
 def main(argv: list[str] | None = None, default_config: str | Path = "configs/tiny.yaml") -> int:
     """Parse ``argv``, train, and return the process exit code (0 done, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    lock = None
     try:
         raw = load_raw_config(args, Path(default_config))
         from .config import build_run_config
         from .distributed import close_process_group, train_distributed, wants_distributed
 
-        if wants_distributed(build_run_config(raw)):
+        cfg = build_run_config(raw)
+        if int(os.environ.get("RANK", "0")) == 0:
+            # One run per run dir: global rank 0 holds the lock for every rank of this run.
+            run_dir = check_run_dir(cfg.train.run_dir)
+            lock = RunLock(run_dir).acquire()
+            remove_stale_temporaries(run_dir)
+        if wants_distributed(cfg):
             # Under a launcher, with train.distributed.enabled, or for data.shards (one process).
             try:
                 train_distributed(raw, resume=args.resume)
@@ -123,6 +161,11 @@ def main(argv: list[str] | None = None, default_config: str | Path = "configs/ti
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except PermissionError as e:
+        # e.g. the run dir or a file in it made read-only mid-run; earlier checkpoints are untouched
+        print(f"error: cannot write {e.filename}: {e.strerror}; make it writable (or choose another --run-dir) "
+              "and continue with --resume", file=sys.stderr)
+        return 2
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -130,6 +173,9 @@ def main(argv: list[str] | None = None, default_config: str | Path = "configs/ti
         # Ctrl-C before the training loop (or pressed twice): nothing new to save.
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.release()
     return 130 if result.interrupted else 0
 
 

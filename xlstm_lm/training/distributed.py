@@ -80,7 +80,7 @@ from .finetune import prepare_sft_data
 from .init_from import check_tokenizer, load_init_weights, prepare_init
 from .lora import apply_lora
 from .launch_env import preflight
-from .monitor import MetricsLog, format_mfu, mfu, peak_flops
+from .monitor import MetricsLog, format_mfu, json_line, mfu, peak_flops
 from .optim import build_optimizer, lr_at, z_loss
 from .trainer import METRICS_FILE, check_resume_config, default_model_factory
 
@@ -439,7 +439,7 @@ def train_distributed(
                               "skipped": True, "what": out.what}
                 if rank == 0:
                     with (run_dir / "losses.jsonl").open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                        f.write(json_line(record))
                 if not out.applied:
                     last = ckpt_dir / f"step_{last_saved:07d}"
                     last = last if last.exists() else None

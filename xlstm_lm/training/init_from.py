@@ -37,6 +37,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..config_utils import ConfigError, from_dict, to_dict
 from ..data.tokenizers import ByteTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
+from ..runs import load_hf_tokenizer
 from . import checkpoint as ckpt_io
 
 #: Text whose ids identify a tokenizer's mapping when no fingerprint can be compared.
@@ -83,10 +84,9 @@ def _hf_source(path: Path) -> InitSource:
         tokenizer = SentencePieceTokenizer((path / "sentencepiece.model").read_bytes())
     else:
         try:
-            from transformers import AutoTokenizer
-
-            hf_tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        except Exception as e:  # no tokenizer files, or remote code that cannot load
+            # our model type: the installed tokenizer classes, never the folder's own code
+            hf_tok = load_hf_tokenizer(path)
+        except Exception as e:  # no tokenizer files
             print(f"init-from: cannot load the tokenizer of {path} ({type(e).__name__}); checking the vocabulary size only")
     return InitSource(path, "hf", dict(cfg["model"]), files, "model.", tokenizer, hf_tok)
 

@@ -14,6 +14,7 @@ and in a Weights & Biases run (``train.wandb_project``), tagged ``split/key``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,13 @@ def record_scalars(record: dict[str, Any]) -> dict[str, float]:
         for key, value in record.items()
         if key not in ("step", "split", "kind") and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """``record`` as one line of strict JSON: a NaN or infinite float (a diverged loss)
+    becomes null, since bare ``NaN`` is not JSON and breaks other readers."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 def import_wandb():
@@ -138,7 +146,7 @@ class MetricsLog:
 
     def log(self, **record: Any) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record))
         if "step" not in record:
             return
         scalars = record_scalars(record)
@@ -176,4 +184,4 @@ class MetricsLog:
         return None
 
 
-__all__ = ["MetricsLog", "PEAK_FLOPS", "format_mfu", "import_wandb", "mfu", "peak_flops", "record_scalars"]
+__all__ = ["MetricsLog", "PEAK_FLOPS", "format_mfu", "import_wandb", "json_line", "mfu", "peak_flops", "record_scalars"]
