@@ -68,6 +68,14 @@ def test_zero3_run_to_consolidated_model_to_hf_folder(zero3_run, tmp_path, monke
     monkeypatch.chdir(tmp)
     ids, engine_logits = torch.load(tmp / "ids.pt"), torch.load(tmp / "logits.pt")
     sp = load_tokenizer(tmp / "shards" / "tokenizer")
+    # export and evaluation read the safetensors copy the loop saved, never DeepSpeed's pickles
+    assert (tmp / "run" / "deepspeed" / "step_0000002" / "model.safetensors").is_file()
+    import deepspeed.utils.zero_to_fp32 as zero_to_fp32
+
+    def no_pickles(*args, **kwargs):
+        raise AssertionError("DeepSpeed's pickled partitions were loaded to read weights")
+
+    monkeypatch.setattr(zero_to_fp32, "get_fp32_state_dict_from_zero_checkpoint", no_pickles)
 
     # 1. ZeRO-3 partitions -> one checkpoint folder (model, config, the shards' tokenizer)
     assert zero_to_model(["run", str(tmp_path / "consolidated")]) == 0
@@ -103,6 +111,21 @@ def test_zero3_run_to_consolidated_model_to_hf_folder(zero3_run, tmp_path, monke
     assert scorer.encode(text) == sp.encode(text)
     with torch.no_grad():
         assert torch.equal(scorer.forward(ids[:1], None)[0], hf(ids[:1]).logits[0])
+
+
+def test_checkpoints_without_the_copy_are_read_from_the_partitions_with_a_note(zero3_run, tmp_path, capsys):
+    from tools.zero_to_model import main as zero_to_model
+    from xlstm_lm.hf.export import load_checkpoint_as_hf
+
+    run = tmp_path / "run"
+    shutil.copytree(zero3_run / "run", run)
+    (run / "deepspeed" / "step_0000002" / "model.safetensors").unlink()  # as an older version saved it
+    assert zero_to_model([str(run), str(tmp_path / "old"), "--tokenizer", str(zero3_run / "shards")]) == 0
+    assert "unpickles them: only do this for runs you trust" in capsys.readouterr().out
+    ids, engine_logits = torch.load(zero3_run / "ids.pt"), torch.load(zero3_run / "logits.pt")
+    with torch.no_grad():
+        model = load_checkpoint_as_hf(tmp_path / "old")[0]
+        assert_close(model(ids).logits, engine_logits, rtol=1e-6, atol_floor=1e-6, msg="from partitions")
 
 
 def test_missing_tokenizer_tag_and_source_give_clear_errors(zero3_run, tmp_path, monkeypatch, capsys):

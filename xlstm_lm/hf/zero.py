@@ -150,16 +150,26 @@ def find_run_tokenizer(run_dir: Path, run_cfg: dict[str, Any], tokenizer: str | 
 
 
 def gather_weights(ckpt: DeepSpeedCheckpoint) -> dict[str, Any]:
-    """The fp32 weights of every rank's partition, under the model's own parameter names.
+    """The weights of a DeepSpeed checkpoint under the model's own parameter names.
 
-    Like ``training.distributed.consolidate`` but kept in memory: tied parameters come
-    back as one tensor under two names, which ``safetensors.save_file`` refuses, so the
-    caller saves them through the model (``save_model`` stores a tied tensor once).
+    Read from the ``model.safetensors`` copy the DeepSpeed loop writes beside the engine's
+    files at every save (``training.distributed.save_weights_copy``): no pickle is
+    loaded. Checkpoints of older versions lack it; their ZeRO partitions are gathered
+    with DeepSpeed's ``zero_to_fp32``, which unpickles them (``torch.load(weights_only=
+    False)``, i.e. it can run code): a note says so, and only runs you trust should be
+    read that way. Tied parameters may come back under two names (the partition path):
+    the caller saves through the model (``save_model`` stores a tied tensor once).
     """
     import os
 
     import torch
+    from safetensors.torch import load_file
 
+    copy = ckpt.path / ckpt_io.MODEL_FILE
+    if copy.is_file():
+        return load_file(str(copy))
+    print(f"note: {ckpt.path} has no {ckpt_io.MODEL_FILE} (saved by an older xlstm_lm); gathering the ZeRO "
+          "partitions with DeepSpeed's zero_to_fp32, which unpickles them: only do this for runs you trust")
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     zero_to_fp32 = require("deepspeed.utils.zero_to_fp32", f"reading the DeepSpeed checkpoint {ckpt.ds_dir}")
     state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ds_dir), tag=ckpt.tag)

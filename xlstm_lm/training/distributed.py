@@ -67,6 +67,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..config_utils import ConfigError, to_dict
@@ -82,6 +83,7 @@ from .lora import apply_lora
 from .launch_env import preflight
 from .monitor import MetricsLog, format_mfu, json_line, mfu, peak_flops
 from .optim import build_optimizer, lr_at, z_loss
+from .checkpoint import MODEL_FILE
 from .trainer import METRICS_FILE, check_resume_config, default_model_factory
 
 DEEPSPEED_FEATURE = "the DeepSpeed training loop (data.shards, data.sft, train.distributed or a multi-process launcher)"
@@ -650,9 +652,40 @@ def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader | SFTRankLoader
     dist.all_gather_object(positions, loader.state_dict())
     tag = f"step_{step:07d}"
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "loader": positions})
+    save_weights_copy(engine, ckpt_dir / tag / MODEL_FILE)
     if dist.get_rank() == 0:
         # read before DeepSpeed loads anything on resume (a world-size mismatch fails there obscurely)
         (ckpt_dir / tag / RUN_STATE).write_text(json.dumps({"step": step, "world_size": len(positions)}) + "\n")
+
+
+def save_weights_copy(engine, path: Path) -> None:
+    """Rank 0 writes the model's full weights as ``path`` (safetensors, float32, the
+    model's own parameter names) beside the engine's files.
+
+    Export, evaluation and consolidation read this copy, so they never unpickle
+    DeepSpeed's files (``torch.load(weights_only=False)``), which only a resume of the
+    run loads. Under ZeRO-3 the parameters are gathered one at a time (a collective:
+    every rank runs this), so no rank holds more than one full parameter on the device;
+    rank 0 keeps the CPU copies. The weights are the module's, i.e. in the training
+    precision (exactly the fp32 master weights for fp32 runs).
+    """
+    zero = require("deepspeed", DEEPSPEED_FEATURE).zero
+    partitioned = engine.zero_optimization_stage() == 3
+    rank = dist.get_rank()
+    state: dict[str, torch.Tensor] = {}
+    for name, param in engine.module.named_parameters():
+        if partitioned:
+            with zero.GatheredParameters([param], modifier_rank=None):
+                if rank == 0:
+                    state[name] = param.detach().float().cpu().clone()
+        elif rank == 0:
+            state[name] = param.detach().float().cpu().clone()
+    if rank == 0:
+        # undo the run-option wrappers (activation checkpointing: blocks.i.block.*, torch.compile: _orig_mod.)
+        clean = {k.replace(".block.", ".").replace("_orig_mod.", ""): v.contiguous() for k, v in state.items()}
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(clean, str(tmp))
+        os.replace(tmp, path)
 
 
 def _saved_world_size(ckpt_dir: Path) -> int | None:
