@@ -38,8 +38,23 @@ MLSTMBackend = Literal["auto", "parallel", "chunkwise", "recurrent"]
 
 
 def round_up(x: float, multiple: int) -> int:
-    """Round ``x`` up to the next multiple of ``multiple`` (the papers' projection rounding)."""
+    """Round ``x`` up to the next multiple of ``multiple``: the paper blocks' rule
+    (``xlstm.utils.UpProjConfigMixin._set_proj_up_dim``, which ``xLSTMLMModel``'s mLSTM
+    layer and sLSTM feed-forward use), where a fractional ``x`` counts as a remainder."""
     return int(math.ceil(x / multiple) * multiple)
+
+
+def round_up_7b(x: float, multiple: int) -> int:
+    """The xLSTM-7B rule for the SwiGLU width, written exactly as
+    ``xlstm.xlstm_large.utils.round_up_to_next_multiple_of`` and transformers'
+    ``xLSTMFeedForward`` compute it on the float product ``x``.
+
+    Floor-dividing ``x + multiple - 1`` drops the fraction of ``x`` first, so this is
+    ``round_up(int(x), multiple)``, not ``round_up(x, multiple)``: d_model 384 x 2.667
+    = 1024.128 gives 1024 here but 1088 under the paper rule. Checkpoints in the
+    reference and the built-in transformers format are sized by this rule.
+    """
+    return int(((x + multiple - 1) // multiple) * multiple)
 
 
 @dataclass
@@ -115,7 +130,8 @@ class MLSTM7BConfig:
     ffn_proj_factor: float = 2.667
     """SwiGLU inner dimension factor."""
     ffn_round_to: int = 64
-    """SwiGLU inner dimension is rounded up to a multiple of this."""
+    """SwiGLU inner dimension: int(ffn_proj_factor * d_model) rounded up to a multiple of
+    this (the fraction is dropped before rounding, as in xLSTM-7B; see ``round_up_7b``)."""
     igate_bias_init: float = -10.0
     """Input-gate bias initialisation (xLSTM-7B: -10)."""
     fgate_bias_init: tuple[float, float] = (3.0, 6.0)
@@ -265,7 +281,7 @@ class ModelConfig:
 
     @property
     def mlstm7b_ffn_dim(self) -> int:
-        return round_up(self.d_model * self.mlstm7b.ffn_proj_factor, self.mlstm7b.ffn_round_to)
+        return round_up_7b(self.d_model * self.mlstm7b.ffn_proj_factor, self.mlstm7b.ffn_round_to)
 
 
 __all__ = [
@@ -278,4 +294,5 @@ __all__ = [
     "ModelConfig",
     "SLSTMConfig",
     "round_up",
+    "round_up_7b",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import assert_close
 from xlstm_lm.config import ModelConfig
 from xlstm_lm.config_utils import ConfigError, from_dict
 from xlstm_lm.data.sft import IGNORE_INDEX, ChatFormatter, SFTBatches, pack_examples, to_messages
@@ -177,19 +178,129 @@ def test_lora_default_targets_match_hf_wrapper():
     assert tuple(DEFAULT_TARGET_MODULES) == tuple(LORA_TARGET_MODULES)
 
 
-# --- init-from ----------------------------------------------------------------------
-def test_lora_targets_skip_same_named_layers_that_are_not_linear():
-    # igate/fgate are nn.Linear in mLSTM blocks but head-wise layers in the sLSTM block
-    from xlstm_lm.training.lora import LoraSettings, apply_lora
-    from tests.models.test_lm import tiny_model
+# --- LoRA on nn.Linear and head-wise layers ------------------------------------------
+# The names of the layers that take adapters in "m", "s" and "x" blocks, by kind.
+LINEAR_NAMES = ["proj_up", "proj_down", "igate", "fgate", "gate", "up", "down", "q", "k", "v", "ogate", "out_proj"]
+HEADWISE_NAMES = ["q_proj", "k_proj", "v_proj", "igate", "fgate", "zgate", "ogate"]
 
-    model = apply_lora(tiny_model("ms", dtype=torch.float32), LoraSettings(target_modules=["proj_up", "igate", "fgate"]))
-    adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
-    assert adapted and all(n.rsplit(".", 1)[-1] in ("proj_up", "igate", "fgate") for n in adapted)
-    assert any(n.endswith("igate") for n in adapted) and not any(n.startswith("blocks.1.") and "gate" in n for n in adapted)
+
+def adapted_model(pattern: str, target_modules, dropout: float = 0.0, dtype: torch.dtype = torch.float32):
+    """The tiny test model with adapters whose B is moved away from zero (a trained adapter)."""
+    from tests.models.test_lm import tiny_model
+    from xlstm_lm.training.lora import LoraSettings, apply_lora
+
+    model = apply_lora(tiny_model(pattern, dtype=dtype), LoraSettings(target_modules=target_modules, dropout=dropout))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def test_lora_targets_name_linear_and_headwise_layers():
+    # igate/fgate are nn.Linear in mLSTM blocks and head-wise layers in the sLSTM block: both get adapters
+    from peft.tuners.lora import Linear as PeftLinear
+
+    from xlstm_lm.layers.lora import HeadwiseLoraLinear
+
+    model = adapted_model("ms", ["proj_up", "igate", "fgate", "q_proj"])
+    adapted = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert sorted(adapted) == ["blocks.0.mlstm.fgate", "blocks.0.mlstm.igate", "blocks.0.mlstm.proj_up",
+                               "blocks.0.mlstm.q_proj", "blocks.1.slstm.fgate", "blocks.1.slstm.igate"]
+    assert isinstance(adapted["blocks.0.mlstm.igate"], PeftLinear)
+    assert isinstance(adapted["blocks.1.slstm.igate"], HeadwiseLoraLinear)
+    assert isinstance(adapted["blocks.0.mlstm.q_proj"], HeadwiseLoraLinear)
     assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
 
 
+def test_lora_default_targets_adapt_headwise_qkv_and_7b_projections():
+    from xlstm_lm.training.lora import LoraSettings, adaptable_layers, apply_lora
+    from tests.models.test_lm import tiny_model
+
+    for pattern, expected in (("m", {"proj_up", "proj_down", "q_proj", "k_proj", "v_proj"}),
+                              ("x", {"q", "k", "v", "out_proj"})):
+        model = tiny_model(pattern, dtype=torch.float32)
+        layers = adaptable_layers(model)
+        model = apply_lora(model, LoraSettings(r=8))
+        adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+        assert {n.rsplit(".", 1)[-1] for n in adapted} == expected, pattern
+        # r * (in + out) per adapted layer, nn.Linear or head-wise alike; nothing else trains
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert trainable == sum(8 * (layers[n].in_features + layers[n].out_features) for n in adapted), pattern
+
+
+def test_lora_target_names_matching_nothing_list_both_kinds():
+    from xlstm_lm.training.lora import LoraSettings, apply_lora
+    from tests.models.test_lm import tiny_model
+
+    with pytest.raises(ConfigError) as err:
+        apply_lora(tiny_model("ms", dtype=torch.float32), LoraSettings(target_modules=["q", "out_proj"]))
+    msg = str(err.value)
+    assert "nn.Linear names ['down', 'fgate', 'gate', 'igate', 'lm_head', 'proj_down', 'proj_up', 'up']" in msg
+    assert "head-wise (HeadwiseLinear) names ['fgate', 'igate', 'k_proj', 'ogate', 'q_proj', 'v_proj', 'zgate']" in msg
+
+
+def test_lora_without_peft_names_the_extra(monkeypatch):
+    import sys
+
+    from tests.models.test_lm import tiny_model
+    from xlstm_lm.extras import MissingExtra
+    from xlstm_lm.training.lora import LoraSettings, apply_lora
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(MissingExtra, match=r"train.lora needs the peft package.*xlstm-lm\[finetune\]"):
+        apply_lora(tiny_model("m", dtype=torch.float32), LoraSettings())
+
+
+def load_plain_base(adapted: torch.nn.Module, plain: XLSTMLM) -> XLSTMLM:
+    """``plain`` with the base weights of ``adapted`` (peft's ``<name>.base_layer.weight``)."""
+    base = {n.replace(".base_layer", ""): p for n, p in adapted.state_dict().items() if "lora_" not in n}
+    plain.load_state_dict(base)
+    return plain.eval()
+
+
+@pytest.mark.parametrize(
+    "pattern,targets",
+    [
+        pytest.param("msm", LINEAR_NAMES + HEADWISE_NAMES, id="m+s-blocks-every-layer"),
+        pytest.param("msm", HEADWISE_NAMES, id="m+s-blocks-headwise-only"),
+        pytest.param("xx", list(DEFAULT_TARGET_MODULES), id="7b-layout-defaults"),
+        pytest.param("xx", LINEAR_NAMES, id="7b-layout-every-layer"),
+    ],
+)
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.float64, 1e-12)], ids=["fp32", "fp64"])
+def test_lora_merge_equals_unmerged_and_leaves_the_plain_model(pattern, targets, dtype, rtol):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = adapted_model(pattern, targets, dtype=dtype)
+    plain = XLSTMLM(model.config).to(dtype)
+    ids = torch.randint(0, 37, (2, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        unmerged = model(ids).logits
+        assert not torch.allclose(unmerged, load_plain_base(model, plain)(ids).logits, atol=1e-4), "adapters act"
+        merged = merge_lora(model)
+        # merging adds B @ A into each weight: the same function up to rounding (fp64: 1e-12)
+        assert_close(merged(ids).logits, unmerged, rtol=rtol, atol_floor=0, msg=pattern)
+    assert type(merged) is XLSTMLM and not any(isinstance(m, BaseTunerLayer) for m in merged.modules())
+    assert {n: p.shape for n, p in merged.state_dict().items()} == {n: p.shape for n, p in plain.state_dict().items()}
+    assert all(p.requires_grad for p in merged.parameters())
+
+
+def test_lora_dropout_is_active_in_training_only():
+    model = adapted_model("ms", ["q_proj", "zgate", "proj_up"], dropout=0.3)
+    ids = torch.randint(0, 37, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.train()
+        a, b = model(ids).logits, model(ids).logits
+        assert not torch.equal(a, b)
+        model.eval()
+        unmerged = model(ids).logits
+        assert torch.equal(model(ids).logits, unmerged)
+        assert_close(merge_lora(model)(ids).logits, unmerged, rtol=1e-6, atol_floor=0)
+
+
+# --- init-from ----------------------------------------------------------------------
 def test_init_from_rejects_shape_changes_and_other_tokenizers(base_run, tmp_path):
     data = write_task(tmp_path / "rev.jsonl", "reverse", TRAIN_WORDS[:50])
     raw = sft_raw(tmp_path / "a", data, steps=1, init_from=str(base_run))
@@ -254,7 +365,9 @@ def test_lora_finetune_learns_reverse_and_merges(base_run, tmp_path):
     # only the adapters were trained: the base weights are the source's
     base = load_model(Path(base_run) / "checkpoints" / "step_0000100")
     adapted_state = adapted.state_dict()
-    assert torch.equal(adapted_state["blocks.0.mlstm.proj_up.base_layer.weight"], base.state_dict()["blocks.0.mlstm.proj_up.weight"])
+    for name in ("proj_up", "q_proj"):  # an nn.Linear and a head-wise default target
+        assert f"blocks.0.mlstm.{name}.lora_A.default.weight" in adapted_state
+        assert torch.equal(adapted_state[f"blocks.0.mlstm.{name}.base_layer.weight"], base.state_dict()[f"blocks.0.mlstm.{name}.weight"])
     assert torch.equal(adapted_state["embedding.weight"], base.state_dict()["embedding.weight"])
     assert accuracy(adapted) == 1.0
     # merged (in memory and through the merged checkpoint) generates exactly what the adapted model does
@@ -278,8 +391,9 @@ def test_lora_finetune_learns_reverse_and_merges(base_run, tmp_path):
 
 
 def test_lora_sft_run_resumes_exactly(base_run, tmp_path):
+    # nn.Linear and head-wise adapters, with adapter dropout (the RNG state resumes too)
     data = write_task(tmp_path / "rev.jsonl", "reverse", TRAIN_WORDS[:120])
-    lora = {"r": 4, "alpha": 8, "target_modules": ["proj_up"]}
+    lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["proj_up", "q_proj", "v_proj"]}
     full = train(sft_raw(tmp_path / "full", data, steps=12, init_from=str(base_run), lora=lora), progress=False)
     first = train(sft_raw(tmp_path / "split", data, steps=12, init_from=str(base_run), lora=lora), progress=False, stop_at_step=5)
     assert first.interrupted

@@ -43,13 +43,16 @@ from .compat import causal_lm_output, pick_cache
 from .configuration import XLSTMLMConfig
 
 
-#: nn.Linear names for peft LoRA (``LoraConfig(target_modules=LORA_TARGET_MODULES)``):
-#: xLSTM-7B blocks: q, k, v (cell inputs), out_proj (output projection); paper mLSTM
-#: blocks: proj_up, proj_down. Their head-wise q/k/v and the sLSTM gates are
-#: block-diagonal ``HeadwiseLinear`` layers, which peft cannot wrap; classic cells
-#: are not targeted. Add "ogate", "igate", "fgate" or the FFN's "gate", "up", "down"
-#: for more capacity.
-LORA_TARGET_MODULES = ("q", "k", "v", "out_proj", "proj_up", "proj_down")
+#: Layer names for peft LoRA: xLSTM-7B blocks: q, k, v (cell inputs), out_proj (output
+#: projection), all nn.Linear; paper mLSTM blocks: proj_up, proj_down (nn.Linear) and the
+#: head-wise q_proj, k_proj, v_proj. Head-wise layers are block-diagonal HeadwiseLinear,
+#: which peft adapts only through our per-head LoRA layer: build the config as
+#: register_headwise_lora(LoraConfig(target_modules=list(LORA_TARGET_MODULES), ...))
+#: (xlstm_lm.layers.lora), or peft stops with "Target module HeadwiseLinear(...) is not
+#: supported". Classic cells are not targeted. Add "ogate", "igate", "fgate" (nn.Linear in
+#: mLSTM blocks, head-wise in sLSTM blocks), the sLSTM's "zgate" or the FFN's "gate", "up",
+#: "down" for more capacity.
+LORA_TARGET_MODULES = ("q", "k", "v", "out_proj", "proj_up", "proj_down", "q_proj", "k_proj", "v_proj")
 
 
 class MLSTMBlockLayer(GradientCheckpointingLayer, MLSTMBlock):

@@ -9,8 +9,13 @@ a wrapped layer's weight ``<name>.base_layer.weight`` and adds
 ``<name>.lora_A.default.weight`` / ``lora_B``: a checkpoint of a LoRA run holds
 the base weights and the adapters under those names, and resumes exactly.
 
-``merge_lora(model)`` folds the adapters into the base ``nn.Linear`` layers and
-removes the peft wrappers, giving a plain ``XLSTMLM`` state dict:
+Two layer types take adapters: ``nn.Linear`` (peft's own LoRA layer) and the
+block-diagonal ``HeadwiseLinear`` (the paper mLSTM's q/k/v, the sLSTM's gates),
+whose adapters are per head so that they merge exactly
+(``xlstm_lm.layers.lora.HeadwiseLoraLinear``).
+
+``merge_lora(model)`` folds the adapters into the base layers and removes the peft
+wrappers, giving a plain ``XLSTMLM`` state dict (original names and shapes):
 ``tools/merge_lora.py`` writes it as an ordinary checkpoint (config without
 ``train.lora``), which ``tools/export_hf.py`` exports.
 """
@@ -25,11 +30,17 @@ from typing import Any
 from torch import nn
 
 from ..config_utils import ConfigError, check
+from ..extras import require
+from ..layers.basic import HeadwiseLinear
 
-#: The nn.Linear layers adapted by default: ``hf.modeling.LORA_TARGET_MODULES`` (see
-#: its comment), repeated here so the run config does not import transformers; a test
-#: checks that the two agree.
-DEFAULT_TARGET_MODULES = ("q", "k", "v", "out_proj", "proj_up", "proj_down")
+#: The layers adapted by default: ``hf.modeling.LORA_TARGET_MODULES`` (see its comment),
+#: repeated here so the run config does not import transformers; a test checks that the
+#: two agree. xLSTM-7B blocks: q, k, v, out_proj (nn.Linear); paper mLSTM blocks:
+#: proj_up, proj_down (nn.Linear) and the head-wise q_proj, k_proj, v_proj.
+DEFAULT_TARGET_MODULES = ("q", "k", "v", "out_proj", "proj_up", "proj_down", "q_proj", "k_proj", "v_proj")
+
+#: Layer types that take adapters: peft's own nn.Linear LoRA, and ours for HeadwiseLinear.
+ADAPTABLE_TYPES = (nn.Linear, HeadwiseLinear)
 
 
 @dataclass
@@ -37,40 +48,52 @@ class LoraSettings:
     """Low-rank adapters (peft LoRA) instead of full fine-tuning."""
 
     r: int = 8
-    """Rank of each adapter."""
+    """Rank of each adapter (of each head's adapter on head-wise layers: r * (in + out)
+    parameters either way, see ``xlstm_lm.layers.lora``)."""
     alpha: float = 16.0
     """Scale numerator: the adapter output is multiplied by alpha / r."""
     dropout: float = 0.0
     """Dropout on the adapter input."""
     target_modules: list[str] = DEFAULT_TARGET_MODULES  # type: ignore[assignment]
-    """Names (last path component) of the nn.Linear layers that get adapters; default DEFAULT_TARGET_MODULES."""
+    """Names (last path component) of the nn.Linear or head-wise layers that get adapters;
+    default DEFAULT_TARGET_MODULES."""
 
     def __post_init__(self):
         self.target_modules = list(self.target_modules)
         check(self.r >= 1, f"train.lora.r must be >= 1, got {self.r}")
         check(self.alpha > 0, f"train.lora.alpha must be positive, got {self.alpha}")
         check(0 <= self.dropout < 1, f"train.lora.dropout must be in [0, 1), got {self.dropout}")
-        check(len(self.target_modules) > 0, "train.lora.target_modules must name at least one nn.Linear layer")
+        check(len(self.target_modules) > 0, "train.lora.target_modules must name at least one layer")
+
+
+def adaptable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Full name -> layer of every layer of ``model`` that can take an adapter (``ADAPTABLE_TYPES``)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ADAPTABLE_TYPES)}
 
 
 def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     """Inject adapters into ``model`` in place (and return it); only adapters stay trainable."""
-    from peft import LoraConfig, inject_adapter_in_model
+    peft = require("peft", "train.lora")
+    # peft is there: the module of our head-wise LoRA layer, which imports it, can load
+    from ..layers.lora import register_headwise_lora
 
-    present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if not present & set(settings.target_modules):
-        raise ConfigError(
-            f"train.lora.target_modules={settings.target_modules} matches no nn.Linear layer of this model "
-            f"(its nn.Linear names: {sorted(present)}); choose some of those"
-        )
-    # Full names of the matching nn.Linear layers: peft matches bare names by suffix and
-    # would also take same-named layers it cannot adapt (the sLSTM's head-wise igate/fgate).
+    layers = adaptable_layers(model)
     wanted = set(settings.target_modules)
-    targets = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in wanted]
-    config = LoraConfig(
+    # Full names of the matching layers: peft matches bare names by suffix and would also
+    # take same-named modules of other types.
+    targets = [name for name in layers if name.rsplit(".", 1)[-1] in wanted]
+    if not targets:
+        linear, headwise = ({n.rsplit(".", 1)[-1] for n, m in layers.items() if isinstance(m, kind)}
+                            for kind in (nn.Linear, HeadwiseLinear))
+        raise ConfigError(
+            f"train.lora.target_modules={settings.target_modules} matches no layer of this model that takes "
+            f"adapters; choose some of its nn.Linear names {sorted(linear)} or its head-wise (HeadwiseLinear) "
+            f"names {sorted(headwise)}"
+        )
+    config = peft.LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, bias="none",
     )
-    model = inject_adapter_in_model(config, model)
+    model = peft.inject_adapter_in_model(register_headwise_lora(config), model)
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
     return model
@@ -135,4 +158,4 @@ def merge_lora_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-__all__ = ["DEFAULT_TARGET_MODULES", "LoraSettings", "apply_lora", "has_lora", "load_lora_checkpoint", "merge_lora", "merge_lora_checkpoint"]
+__all__ = ["ADAPTABLE_TYPES", "DEFAULT_TARGET_MODULES", "LoraSettings", "adaptable_layers", "apply_lora", "has_lora", "load_lora_checkpoint", "merge_lora", "merge_lora_checkpoint"]
