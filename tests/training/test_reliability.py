@@ -196,3 +196,75 @@ def test_foreign_code_runs_only_with_trust_remote_code(tmp_path, capsys):
     assert not marker.exists() and type(loaded.model).__module__ == "xlstm_lm.hf.modeling"
     ids = torch.randint(0, 256, (1, 9))
     assert torch.equal(loaded.model(ids).logits, model(ids).logits)
+
+
+def test_divergence_leaves_a_checkpoint_training_can_continue_from(tmp_path, text, capsys):
+    from xlstm_lm.training.checkpoint import latest_checkpoint, nonfinite_weights
+
+    run_dir = tmp_path / "run"
+    base = [*SHRINK, "train.sample_tokens=0", "train.save_every=2", "train.eval_every=2", "train.max_bad_steps=3"]
+    code, err = run(capsys, "--data", text, "--run-dir", run_dir, *base, "train.max_steps=4")
+    assert code == 0, err
+    # the learning rate explodes: the run stops (exit 1) and writes no checkpoint after the damage
+    code, err = run(capsys, "--resume", "--run-dir", run_dir, *base, "train.max_steps=20", "train.lr=1e6",
+                    "train.min_lr=1e6", "train.warmup_steps=0")
+    assert code == 1, err
+    assert "diverged" in err and "the last good checkpoint is" in err
+    assert "train.grad_clip=1.0" not in err or "grad_clip is" in err  # no advice to set what is set
+    newest = latest_checkpoint(run_dir, verify_weights=True)
+    assert newest == latest_checkpoint(run_dir) and nonfinite_weights(newest) is None
+    assert "checkpoint not written" in run.out
+    # and --resume with a sane learning rate continues from it to a finite end
+    code, err = run(capsys, "--resume", "--run-dir", run_dir, *base, "train.max_steps=8", "train.lr=1e-3",
+                    "train.min_lr=1e-4")
+    assert code == 0, err
+    val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert val[-1]["split"] == "val" and val[-1]["loss"] is not None and val[-1]["step"] == 8
+
+
+def test_damaged_but_readable_weights_are_not_trained_from(tmp_path, text, capsys):
+    from xlstm_lm.training.checkpoint import CheckpointError, load_checkpoint_weights
+    from xlstm_lm.models import XLSTMLM
+
+    run_dir = tmp_path / "run"
+    code, err = run(capsys, "--data", text, "--run-dir", run_dir, *TINY, "train.max_steps=4")
+    assert code == 0, err
+    weights = run_dir / "checkpoints" / "step_0000004" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    mid = len(raw) // 2
+    raw[mid: mid + 4096] = b"\xff" * 4096  # readable file, NaN values
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="NaN/Inf weights"):
+        from xlstm_lm.config import ModelConfig
+        from xlstm_lm.config_utils import from_dict
+        from xlstm_lm.training.checkpoint import load_checkpoint_config
+
+        cfg = from_dict(ModelConfig, load_checkpoint_config(weights.parent)["model"], "model")
+        load_checkpoint_weights(XLSTMLM(cfg), weights.parent)
+    # the resume falls back to the newest usable checkpoint, with a warning, and ends finite
+    with pytest.warns(UserWarning, match="step_0000004, which is unusable.*NaN/Inf.*falling back to step_0000002"):
+        code, err = run(capsys, "--resume", "--run-dir", run_dir, "train.max_steps=6")
+    assert code == 0, err
+    assert "resumed from" in run.out and "step_0000002" in run.out
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["split"] == "val" and records[-1]["loss"] is not None
+
+
+def test_run_health_thresholds_and_state():
+    from xlstm_lm.training.faults import RunHealth
+
+    h = RunHealth()
+    for loss in (5.0, 4.0, 3.0, 3.2, 2.9):
+        h.update(loss)
+    assert h.problem() is None
+    h.observe_val(float("nan"))
+    assert "validation loss is nan" in h.problem()
+    h.observe_val(3.0)
+    h.update(float("inf"))
+    assert "training loss is inf" in h.problem()
+    for _ in range(5):
+        h.update(40.0)  # the running mean climbs far above its best
+    assert "is diverging" in h.problem()
+    again = RunHealth()
+    again.load_state_dict(h.state_dict())
+    assert (again.ema, again.best) == (h.ema, h.best)

@@ -127,19 +127,37 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return None
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
+def nonfinite_weights(path: str | Path) -> str | None:
+    """What is non-finite in checkpoint ``path``'s weights (read one tensor at a time), or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) / MODEL_FILE), "pt") as f:
+        for name in f.keys():
+            t = f.get_tensor(name)
+            count = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+            if count:
+                return f"{MODEL_FILE} holds {count} NaN/Inf values in {name} (damaged, or saved from a diverged run)"
+    return None
+
+
+def latest_checkpoint(run_dir: str | Path, verify_weights: bool = False) -> Path | None:
     """The checkpoint ``latest`` names, or, if that one is damaged, the newest complete one.
 
     None when the run has no checkpoint. Falling back warns, naming what is wrong;
-    when no complete checkpoint is left it is an error.
+    when no complete checkpoint is left it is an error. ``verify_weights`` (a resume)
+    also reads the weights: NaN/Inf values make a checkpoint unusable too.
     """
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
     candidates = list_checkpoints(run_dir)
+
+    def problem_of(path: Path) -> str | None:
+        return checkpoint_problem(path) or (nonfinite_weights(path) if verify_weights else None)
+
     damaged = None
     if pointer.is_file():
         path = damaged = root / pointer.read_text().strip()
-        problem = checkpoint_problem(path)
+        problem = problem_of(path)
         if problem is None:
             return path
         what = f"{pointer} names {path.name}, which is unusable: {problem}"
@@ -148,7 +166,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     else:
         return None
     for older in reversed(candidates):
-        if older != damaged and checkpoint_problem(older) is None:
+        if older != damaged and problem_of(older) is None:
             # stacklevel 1: one location, so the same fallback is reported once however often it is looked up
             warnings.warn(f"{what}; falling back to {older.name}, the newest complete checkpoint", stacklevel=1)
             return older
@@ -173,13 +191,25 @@ def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint's weights cannot be used (another architecture, NaN/Inf values)."""
+
+
 def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
-    """Load the checkpoint's weights into ``model`` (strict: names and shapes must match)."""
+    """Load the checkpoint's weights into ``model`` (strict: names and shapes must match;
+    every value must be finite)."""
     missing, unexpected = load_model(model, str(Path(path) / MODEL_FILE), strict=False)
     if missing or unexpected:
-        raise RuntimeError(
+        raise CheckpointError(
             f"checkpoint {path} does not fit this model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}; was it written by another model version?"
+        )
+    with torch.no_grad():
+        bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN/Inf weights ({', '.join(bad[:3])}): it is damaged or was saved from a "
+            "diverged run; use an earlier checkpoint"
         )
 
 
@@ -190,6 +220,7 @@ def load_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "CHECKPOINTS",
+    "CheckpointError",
     "CONFIG_FILE",
     "LATEST",
     "TOKENIZER_DIR",
@@ -200,6 +231,7 @@ __all__ = [
     "load_checkpoint_config",
     "load_checkpoint_state",
     "load_checkpoint_weights",
+    "nonfinite_weights",
     "prune_checkpoints",
     "save_checkpoint",
 ]

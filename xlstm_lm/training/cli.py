@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config_utils import ConfigError, apply_overrides, load_yaml
 from ..data.corpus import DataError
-from .checkpoint import latest_checkpoint, load_checkpoint_config
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_config
 from .config import TrainConfig
 from .rundir import RunLock, check_run_dir, remove_stale_temporaries
 from .trainer import TrainingDiverged, train
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None, default_config: str | Path = "configs/ti
                 close_process_group()
             return 0
         result = train(raw, resume=args.resume)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:

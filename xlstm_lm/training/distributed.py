@@ -76,7 +76,7 @@ from ..data.sft import PackedBatch as SFTRows
 from ..data.sft import SFTBatches
 from ..data.shards import PackedBatch, PackedLoader, TokenShards
 from .config import RunConfig, build_run_config, resolve_vocab_size, vocab_size_is_explicit
-from .faults import BadStepGuard, StopSignals, TrainingDiverged, oom_message
+from .faults import BadStepGuard, RunHealth, StopSignals, TrainingDiverged, divergence_advice, oom_message
 from .finetune import prepare_sft_data
 from .init_from import check_tokenizer, load_init_weights, prepare_init
 from .lora import apply_lora
@@ -382,6 +382,7 @@ def train_distributed(
     # Our AdamW itself (ZeRO-0, fp32) has no overflow check: the loop checks the gradients.
     check_grads = not hasattr(engine.optimizer, "overflow")
     step = 0
+    resumed_health = None
     if resuming:
         saved_file = run_dir / "config.json"
         if saved_file.is_file():
@@ -397,6 +398,7 @@ def train_distributed(
         _, client = engine.load_checkpoint(str(ckpt_dir))
         step = int(client["step"])
         loader.load_state_dict(client["loader"][rank])
+        resumed_health = client.get("health")
     last_saved = step
     metrics = None
     if rank == 0:
@@ -409,7 +411,10 @@ def train_distributed(
     tokens_per_step = micro * accum * world * tc.seq_len
     bar = tqdm(total=tc.max_steps, initial=step, disable=not progress or rank != 0, dynamic_ncols=True, unit="step")
     losses: list[float] = []
-    guard = BadStepGuard(tc.max_bad_steps)
+    guard = BadStepGuard(tc.max_bad_steps, divergence_advice(tc))
+    health = RunHealth()
+    health.load_state_dict(resumed_health)
+    val_loss = None
     stop = StopSignals()
     engine.train()
     t0 = t_interval = time.time()
@@ -431,6 +436,7 @@ def train_distributed(
                 tok_s = interval_steps * tokens_per_step / max(now - t_interval, 1e-9)
                 step_mfu = mfu(tok_s / world, flops_per_token, peak)
                 bar.update(1)
+                health.update(loss)  # the all-reduced mean: the same on every rank
                 if out.applied:
                     interval.append(loss)
                     guard.good()
@@ -474,6 +480,7 @@ def train_distributed(
                         val_loss = evaluate(engine, data.val, tc.seq_len, micro, tc.eval_batches, rank, world, device)
                     else:
                         val_loss = evaluate_rows(engine, data.val, micro, rank, world, device)
+                    health.observe_val(val_loss)
                     if rank == 0:
                         metrics.log(step=step, split="val", loss=val_loss, ppl=math.exp(min(val_loss, 700.0)))
                         bar.write(f"step {step}: val loss {val_loss:.4f}, ppl {math.exp(min(val_loss, 700.0)):.2f}")
@@ -481,14 +488,25 @@ def train_distributed(
                 flag = torch.tensor([float(stop.requested)], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 if flag.item() > 0 and step < tc.max_steps:
-                    save(engine, ckpt_dir, step, loader)
-                    last_saved = step
+                    if save_if_healthy(engine, ckpt_dir, step, loader, health, device, bar, metrics):
+                        last_saved = step
                     if rank == 0:
-                        bar.write(f"stopped by a signal at step {step}; checkpoint saved; continue with --resume")
+                        bar.write(f"stopped by a signal at step {step}; newest checkpoint step {last_saved}; "
+                                  "continue with --resume")
                     break
                 if step % tc.save_every == 0 or step == tc.max_steps:
-                    save(engine, ckpt_dir, step, loader)
-                    last_saved = step
+                    if save_if_healthy(engine, ckpt_dir, step, loader, health, device, bar, metrics):
+                        last_saved = step
+            else:
+                problem = health.problem() or (
+                    f"the final validation loss is {val_loss}" if val_loss is not None and not math.isfinite(val_loss) else None
+                )
+                if problem is not None and step >= tc.max_steps:
+                    # every rank sees the same numbers, so all raise alike
+                    raise TrainingDiverged(
+                        f"training ended at step {step} diverged: {problem}; the last good checkpoint is "
+                        f"{ckpt_dir / f'step_{last_saved:07d}' if last_saved else 'none'}. " + guard.advice
+                    )
     finally:
         bar.close()
         if metrics is not None:
@@ -646,16 +664,40 @@ def _oom_message(cfg: RunConfig, world: int, micro: int, accum: int, device: tor
     )
 
 
-def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader | SFTRankLoader) -> None:
+def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader | SFTRankLoader, health: RunHealth | None = None) -> None:
     """DeepSpeed checkpoint of every rank's shard; loader positions of all ranks ride along."""
     positions: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(positions, loader.state_dict())
     tag = f"step_{step:07d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "loader": positions})
+    client = {"step": step, "loader": positions, "health": health.state_dict() if health is not None else None}
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
     save_weights_copy(engine, ckpt_dir / tag / MODEL_FILE)
     if dist.get_rank() == 0:
         # read before DeepSpeed loads anything on resume (a world-size mismatch fails there obscurely)
         (ckpt_dir / tag / RUN_STATE).write_text(json.dumps({"step": step, "world_size": len(positions)}) + "\n")
+
+
+def save_if_healthy(engine, ckpt_dir: Path, step: int, loader, health: RunHealth, device: torch.device, bar, metrics) -> bool:
+    """``save`` unless some rank holds NaN/Inf weights or the loss is diverging (then the
+    newest checkpoint stays the last healthy one, which ``--resume`` takes); returns
+    whether it saved. Every rank checks its own parameters (its partition under ZeRO-3)."""
+    bad = 0.0
+    with torch.no_grad():
+        for p in engine.module.parameters():
+            local = getattr(p, "ds_tensor", p)
+            if local.numel() and not bool(torch.isfinite(local).all()):
+                bad = 1.0
+                break
+    flag = torch.tensor([bad], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    problem = "NaN/Inf weights" if flag.item() > 0 else health.problem()
+    if problem is None:
+        save(engine, ckpt_dir, step, loader, health)
+        return True
+    if dist.get_rank() == 0:
+        bar.write(f"step {step}: checkpoint not written ({problem}); the newest checkpoint stays the last healthy one")
+        metrics.log(step=step, split="train", kind="checkpoint_skipped", what=problem)
+    return False
 
 
 def save_weights_copy(engine, path: Path) -> None:

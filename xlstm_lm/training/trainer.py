@@ -53,7 +53,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig, build_run_config, config_differences, resolve_vocab_size, vocab_size_is_explicit
-from .faults import BadStepGuard, StopSignals, TrainingDiverged, oom_message
+from .faults import BadStepGuard, RunHealth, StopSignals, TrainingDiverged, divergence_advice, nonfinite_parameters, oom_message
 from .optim import build_optimizer, lr_at, z_loss
 from .finetune import prepare_sft_data, run_tokenizer, split_batch
 from .init_from import check_tokenizer, load_init_weights, prepare_init
@@ -181,7 +181,8 @@ def train(
             "trainer; here train on text with data.path"
         )
     run_dir = Path(tc.run_dir)
-    ckpt = latest_checkpoint(run_dir)
+    # a resume reads the weights too: one with NaN/Inf falls back to the newest usable checkpoint
+    ckpt = latest_checkpoint(run_dir, verify_weights=resume)
     if ckpt is not None and not resume:
         raise ConfigError(
             f"run dir {run_dir} already holds checkpoints (latest: {ckpt.name}); pass --resume to continue "
@@ -213,6 +214,7 @@ def train(
         model = apply_lora(model, tc.lora)
     optimizer = build_optimizer(model, tc)
     step = 0
+    health_state = None
     if ckpt is not None:
         load_checkpoint_weights(model, ckpt)
         state = load_checkpoint_state(ckpt)
@@ -220,6 +222,7 @@ def train(
         data.windows.load_state_dict(state["data"])
         _set_rng_state(state["rng"], device)
         step = int(state["step"])
+        health_state = state.get("health")
 
     n_params, n_body = _num_params(model)
     print(data.summary)
@@ -238,6 +241,7 @@ def train(
         trainer = Trainer(cfg, model, optimizer, data.tokenizer, data.windows, data.val, device, run_dir, metrics, progress)
         if ckpt is not None:
             trainer.last_checkpoint, trainer.last_checkpoint_step = ckpt, step
+            trainer.health.load_state_dict(health_state)
         result = trainer.fit(step, stop_at_step=stop_at_step)
         result.unigram_ppl = data.unigram_ppl
         if not result.interrupted and tc.sample_tokens > 0:
@@ -309,7 +313,8 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step = -1
-        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps)
+        self.bad_steps = BadStepGuard(cfg.train.max_bad_steps, divergence_advice(cfg.train))
+        self.health = RunHealth()
         flops = getattr(model, "flops_per_token", None)
         self.flops_per_token = flops(cfg.train.seq_len) if callable(flops) else None
         self.peak_flops = peak_flops(device)
@@ -353,6 +358,7 @@ class Trainer:
                     except torch.OutOfMemoryError as e:
                         raise torch.OutOfMemoryError(self._oom_message()) from e
                     step += 1
+                    self.health.update(loss)
                     result.train_losses.append(loss)
                     interval_losses.append(loss)
                     bar.update(1)
@@ -391,11 +397,19 @@ class Trainer:
                 self.save(step)
             if result.val_loss is None:
                 self._evaluate_into(result, step, bar)
+            problem = self.health.problem() or (
+                None if math.isfinite(result.val_loss) else f"the final validation loss is {result.val_loss}"
+            )
+            if problem is not None:
+                # a finished run that diverged is a failure, whatever the step count says
+                last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
+                raise TrainingDiverged(f"training ended at step {step} diverged: {problem}; {last}. " + self.bad_steps.advice)
         result.checkpoint = self.last_checkpoint
         return result
 
     def _evaluate_into(self, result: TrainResult, step: int, bar: tqdm) -> None:
         result.val_loss = self.evaluate()
+        self.health.observe_val(result.val_loss)
         # exp overflows past ~709; a loss that high is a diverged model anyway.
         result.val_ppl = math.exp(min(result.val_loss, 700.0))
         self._log(step=step, split="val", loss=result.val_loss, ppl=result.val_ppl)
@@ -459,11 +473,20 @@ class Trainer:
         self.model.train()
         return total / count
 
-    def save(self, step: int) -> Path:
+    def save(self, step: int) -> Path | None:
+        """Write checkpoint ``step``, unless the weights hold NaN/Inf or the loss is diverging
+        (then the newest checkpoint stays the last healthy one, which ``--resume`` takes)."""
+        bad = nonfinite_parameters(self.model)
+        problem = f"NaN/Inf weights in {', '.join(bad)}" if bad else self.health.problem()
+        if problem is not None:
+            tqdm.write(f"step {step}: checkpoint not written ({problem}); the newest stays {self.last_checkpoint}")
+            self._log(step=step, split="train", kind="checkpoint_skipped", what=problem)
+            return None
         state = {
             "optimizer": self.optimizer.state_dict(),
             "rng": _rng_state(self.device),
             "data": self.windows.state_dict(),
+            "health": self.health.state_dict(),
         }
         self.last_checkpoint = save_checkpoint(
             self.run_dir, step, self.model, state, to_dict(self.cfg), self.tokenizer, self.cfg.train.keep_last
