@@ -268,3 +268,21 @@ def test_run_health_thresholds_and_state():
     again = RunHealth()
     again.load_state_dict(h.state_dict())
     assert (again.ema, again.best) == (h.ema, h.best)
+
+
+def test_an_unreachable_hub_tokenizer_fails_at_once(monkeypatch):
+    import huggingface_hub
+
+    from xlstm_lm.data.corpus import DataError
+    from xlstm_lm.data.tokenizers import HFTokenizer
+
+    calls = []
+
+    def unreachable(self, name, timeout=None, **kwargs):
+        calls.append(timeout)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    with pytest.raises(DataError, match="not cached, and the Hub cannot provide it.*ConnectionError.*local folder"):
+        HFTokenizer("someone/not-cached-tokenizer")
+    assert calls == [10]

@@ -179,7 +179,12 @@ class HFTokenizer(Tokenizer):
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(name_or_path)
+            if Path(name_or_path).expanduser().exists():
+                tok = AutoTokenizer.from_pretrained(name_or_path)
+            else:
+                tok = self._from_hub(name_or_path)
+        except DataError:
+            raise
         except (OSError, ValueError) as e:
             raise DataError(
                 f"data.tokenizer={name_or_path!r} is neither 'byte', 'sentencepiece' nor a loadable Hugging Face "
@@ -192,6 +197,30 @@ class HFTokenizer(Tokenizer):
         self._tok = tok
         self.vocab_size = len(tok)
         self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+
+    @staticmethod
+    def _from_hub(name: str):
+        """A hub tokenizer: from the local cache if it is there, else after one quick probe of
+        the Hub, so an unreachable Hub is one clear error at once (the download itself
+        retries for about a minute before failing)."""
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError):
+            pass
+        from huggingface_hub import HfApi
+
+        try:
+            HfApi().model_info(name, timeout=10)
+        except Exception as e:  # noqa: BLE001 - connection, DNS, 404, auth: all end here with the reason
+            raise DataError(
+                f"data.tokenizer={name!r} is neither 'byte', 'sentencepiece' nor a loadable Hugging Face tokenizer: "
+                f"no such local folder, not cached, and the Hub cannot provide it ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); offline? download the tokenizer where the Hub is "
+                "reachable and pass its local folder"
+            ) from None
+        return AutoTokenizer.from_pretrained(name)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
