@@ -115,3 +115,21 @@ def test_resume_with_another_model_or_world_size_is_a_clear_error(runs):
     error = trace(root, 0, "one-rank")["error"]
     assert error.startswith("ConfigError: cannot resume") and "on 1 ranks: it was saved by 2" in error
     assert (root / "diverge" / "deepspeed" / "step_0000002" / "xlstm_lm_state.json").is_file()
+
+
+def test_resume_skips_a_checkpoint_whose_weights_are_not_finite(tmp_path):
+    write_shards(DOCS, ByteTokenizer(), tmp_path / "shards")
+    first = _zero(2, max_steps=4, save_every=2)
+    launch_runs(tmp_path, [{"name": "run", "overrides": first}], tmp_path / "shards")
+    copy = tmp_path / "run" / "deepspeed" / "step_0000004" / "model.safetensors"
+    raw = bytearray(copy.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 2048] = b"\xff" * 2048  # readable, NaN values
+    copy.write_bytes(bytes(raw))
+    proc = launch_runs(tmp_path, [{"name": "again", "dir": "run", "resume": True,
+                                   "overrides": _zero(2, max_steps=5, save_every=1)}], tmp_path / "shards")
+    assert "step_0000004: model.safetensors holds" in proc.stdout + proc.stderr
+    assert "resuming from step_0000002, the newest usable one" in proc.stdout + proc.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    # steps 1-4, then 3-5 again from checkpoint 2, all finite
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 3, 4, 5]
+    assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in records)

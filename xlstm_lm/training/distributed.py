@@ -58,6 +58,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -83,7 +84,7 @@ from .lora import apply_lora
 from .launch_env import preflight
 from .monitor import MetricsLog, format_mfu, json_line, mfu, peak_flops
 from .optim import build_optimizer, lr_at, z_loss
-from .checkpoint import MODEL_FILE
+from .checkpoint import MODEL_FILE, nonfinite_weights
 from .trainer import METRICS_FILE, check_resume_config, default_model_factory
 
 DEEPSPEED_FEATURE = "the DeepSpeed training loop (data.shards, data.sft, train.distributed or a multi-process launcher)"
@@ -395,7 +396,7 @@ def train_distributed(
                 f"position is part of the checkpoint; resume with {saved_world} ranks, or consolidate it "
                 "(tools/zero_to_model.py) and start a new run with --init-from"
             )
-        _, client = engine.load_checkpoint(str(ckpt_dir))
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume_tag(ckpt_dir))
         step = int(client["step"])
         loader.load_state_dict(client["loader"][rank])
         resumed_health = client.get("health")
@@ -728,6 +729,33 @@ def save_weights_copy(engine, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         save_file(clean, str(tmp))
         os.replace(tmp, path)
+
+
+def resume_tag(ckpt_dir: Path) -> str:
+    """The tag a resume loads: the one ``latest`` names, or, when its weights copy holds
+    NaN/Inf (damaged, or saved before saves were health-checked), the newest earlier tag
+    whose copy is finite, with a warning. Rank 0 reads the copies; all ranks get its answer."""
+    choice: list[Any] = [None]
+    if dist.get_rank() == 0:
+        latest = (ckpt_dir / "latest").read_text().strip()
+        tags = sorted((p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_")), reverse=True)
+        order = [latest] + [t for t in tags if t < latest]
+        problems = []
+        for tag in order:
+            copy = ckpt_dir / tag / MODEL_FILE
+            problem = nonfinite_weights(ckpt_dir / tag) if copy.is_file() else None
+            if problem is None:
+                choice[0] = tag
+                break
+            problems.append(f"{tag}: {problem}")
+        if choice[0] is None:
+            choice[0] = "!" + "; ".join(problems)
+        elif problems:
+            warnings.warn(f"{ckpt_dir}: {'; '.join(problems)}; resuming from {choice[0]}, the newest usable one", stacklevel=1)
+    dist.broadcast_object_list(choice, src=0)
+    if choice[0].startswith("!"):
+        raise ConfigError(f"no checkpoint in {ckpt_dir} can be resumed ({choice[0][1:]}); start a new --run-dir")
+    return choice[0]
 
 
 def _saved_world_size(ckpt_dir: Path) -> int | None:
