@@ -116,7 +116,7 @@ def test_lora_trains_only_the_adapters_from_the_source_weights(runs):
     # continued pretraining on the shards: the first step's loss is the source's on that global batch
     shards = TokenShards.open(root / "shards")
     first = [PackedLoader(shards, 16, 2, 0, r, 2).next_batch() for r in (0, 1)]
-    expected = sum(source(b.inputs, labels=b.labels, reset=b.reset).loss.item() for b in first) / 2
+    expected = sum(source(b.input_ids, labels=b.labels, reset=b.reset).loss.item() for b in first) / 2
     for r in (0, 1):
         t = trace(root, r, "lora")
         # every source parameter is frozen (peft's base_layer keeps each weight's place in the order)

@@ -106,7 +106,7 @@ def test_train_py_with_shards_runs_the_deepspeed_loop_in_one_process(tmp_path):
     assert (run / "deepspeed" / "latest").read_text().strip() == "step_0000002"
     assert f"init-from: weights of checkpoint {tmp_path / 'source' / 'checkpoints' / 'step_0000000'}" in proc.stdout
     batch = PackedLoader(TokenShards.open(tmp_path / "shards"), 16, 4, 0).next_batch()
-    expected = source(batch.inputs, labels=batch.labels, reset=batch.reset).loss.item()
+    expected = source(batch.input_ids, labels=batch.labels, reset=batch.reset).loss.item()
     first = json.loads((run / "losses.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1 and first["loss"] == pytest.approx(expected, rel=1e-6)
     # --resume of a DeepSpeed run: its config.json (not the default tiny.yaml) plus the overrides

@@ -77,13 +77,13 @@ def test_loader_is_deterministic_resumable_and_flags_document_starts(tmp_path):
     c.load_state_dict(b.state_dict())
     for want in first[2:]:
         got = c.next_batch()
-        assert torch.equal(got.inputs, want.inputs) and torch.equal(got.reset, want.reset)
+        assert torch.equal(got.input_ids, want.input_ids) and torch.equal(got.reset, want.reset)
         assert torch.equal(got.labels, want.labels)
     batch = first[0]
     # reset flags sit exactly on tokens that follow an end-of-document id (0 for bytes)
-    assert torch.equal(batch.reset[:, 1:], batch.inputs[:, :-1] == 0)
+    assert torch.equal(batch.reset[:, 1:], batch.input_ids[:, :-1] == 0)
     # a document's first token is never a target of the previous document's last token
-    assert torch.all(batch.labels[batch.inputs == 0] == -100)
+    assert torch.all(batch.labels[batch.input_ids == 0] == -100)
 
 
 def test_ranks_read_disjoint_slices_whose_union_is_the_single_process_batch(tmp_path):
@@ -95,7 +95,7 @@ def test_ranks_read_disjoint_slices_whose_union_is_the_single_process_batch(tmp_
     for _ in range(single.batches_per_epoch):
         whole = single.next_batch()
         parts = [r.next_batch() for r in ranks]
-        assert torch.equal(torch.cat([p.inputs for p in parts]), whole.inputs)
+        assert torch.equal(torch.cat([p.input_ids for p in parts]), whole.input_ids)
         for p in parts:
             assert seen.isdisjoint(p.rows.tolist())
             seen.update(p.rows.tolist())

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .batch import token_dtype
 from .corpus import DataError, Document, corpus_bytes, corpus_fingerprint
 from .tokenizers import ByteTokenizer, Tokenizer
 
@@ -41,13 +42,11 @@ class TokenSplits:
     from_cache: bool = False
 
 
-def _token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
 
 
 def encode_documents(docs: list[Document], tokenizer: Tokenizer) -> np.ndarray:
     """All documents' tokens back to back, each followed by eos (if the tokenizer has one)."""
-    dtype = _token_dtype(tokenizer.vocab_size)
+    dtype = token_dtype(tokenizer.vocab_size)
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     parts: list[np.ndarray] = []
     if isinstance(tokenizer, ByteTokenizer):

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 
 from ..config_utils import check
+from .batch import PackedBatch
 from .corpus import DataError
 from .tokenizers import HFTokenizer, Tokenizer
 
@@ -182,26 +183,6 @@ class ChatFormatter:
 
 
 # --- packing --------------------------------------------------------------------------------
-@dataclass
-class PackedBatch:
-    """Packed rows: ``input_ids``, ``labels`` (aligned: labels[:, t] is the target of
-    position t, -100 = not trained) and ``reset`` (True where an example starts), all (B, T)."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    reset: torch.Tensor
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.input_ids.shape
-
-    def to(self, device: torch.device | str) -> PackedBatch:
-        return PackedBatch(self.input_ids.to(device), self.labels.to(device), self.reset.to(device))
-
-    def __getitem__(self, index) -> PackedBatch:
-        return PackedBatch(self.input_ids[index], self.labels[index], self.reset[index])
-
-
 def pack_examples(examples: list[tuple[list[int], list[bool]]], seq_len: int, pad_id: int) -> tuple[PackedBatch, int]:
     """Greedily pack (ids, trained) examples into rows of ``seq_len`` positions, in the given order.
 
@@ -332,7 +313,6 @@ def iter_packed(batch: PackedBatch, batch_size: int) -> Iterator[PackedBatch]:
 __all__ = [
     "IGNORE_INDEX",
     "ChatFormatter",
-    "PackedBatch",
     "SFTBatches",
     "SFTConfig",
     "SFTData",

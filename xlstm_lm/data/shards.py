@@ -11,7 +11,7 @@ Layout of a shard folder (written once by ``tools/prepare_data.py``)::
 
     manifest.json            tokenizer kind/fingerprint, vocab, dtype, counts, shard list
     tokenizer/               the tokenizer (``load_tokenizer`` reads it)
-    shard_00000.bin          raw tokens, uint16 when vocab < 65536 else uint32
+    shard_00000.bin          raw tokens, uint16 when every id fits (vocab <= 65,536) else uint32 (batch.token_dtype)
     shard_00000.docs.npy     int64 offsets of every document start inside the shard
 
 Documents never straddle shards. The loader sees all shards as one token stream,
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..extras import require
+from .batch import PackedBatch, token_dtype
 from .corpus import DataError
 from .tokenizers import Tokenizer, load_tokenizer
 
@@ -234,10 +235,6 @@ class TextSource:
 # --- shards ------------------------------------------------------------------------------
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size < 65536 else np.dtype(np.uint32)
-
-
 def write_shards(
     texts: Iterable[str],
     tokenizer: Tokenizer,
@@ -357,17 +354,6 @@ class TokenShards:
             yield self.slice(int(a), int(b))
 
 
-@dataclass
-class PackedBatch:
-    """inputs/labels ``(B, T)`` long; reset ``(B, T)`` bool (True: token starts a document);
-    rows ``(B,)``: the global row indices (row r holds tokens ``[r T, r T + T + 1)``)."""
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    reset: torch.Tensor
-    rows: np.ndarray
-
-
 class PackedLoader:
     """Deterministic packed rows for rank ``rank`` of ``world_size``; its position
     (epoch, batch index) is ``state_dict()`` and goes into checkpoints."""
@@ -403,12 +389,12 @@ class PackedLoader:
         T = self.seq_len
         toks = np.stack([self.shards.slice(int(r) * T, int(r) * T + T + 1) for r in rows])
         starts = np.stack([self.shards.starts_mask(int(r) * T, int(r) * T + T + 1) for r in rows])
-        inputs = torch.from_numpy(toks[:, :-1])
+        input_ids = torch.from_numpy(toks[:, :-1])
         labels = torch.from_numpy(toks[:, 1:].copy())
         # Each row starts from the empty state; the first token of the next document is
         # not predicted from the previous one (the model has just reset there).
         labels[torch.from_numpy(starts[:, 1:])] = -100
-        return PackedBatch(inputs, labels, torch.from_numpy(starts[:, :-1].copy()), rows)
+        return PackedBatch(input_ids, labels, torch.from_numpy(starts[:, :-1].copy()), rows)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "world_size": self.world_size}

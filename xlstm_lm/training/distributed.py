@@ -63,7 +63,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -73,9 +72,9 @@ from tqdm import tqdm
 
 from ..config_utils import ConfigError, to_dict
 from ..extras import require
-from ..data.sft import PackedBatch as SFTRows
+from ..data.batch import PackedBatch
 from ..data.sft import SFTBatches
-from ..data.shards import PackedBatch, PackedLoader, TokenShards
+from ..data.shards import PackedLoader, TokenShards
 from .config import RunConfig, build_run_config, resolve_vocab_size, vocab_size_is_explicit
 from .faults import BadStepGuard, RunHealth, StopSignals, TrainingDiverged, divergence_advice, oom_message
 from .finetune import prepare_sft_data
@@ -255,13 +254,13 @@ class SFTRankLoader:
     over ``micro * world`` rows (one seeded permutation per epoch, as in the single-process
     loop), cut into the ranks' disjoint slices; resumable like ``PackedLoader``."""
 
-    def __init__(self, rows: SFTRows, micro: int, seed: int, rank: int, world_size: int):
+    def __init__(self, rows: PackedBatch, micro: int, seed: int, rank: int, world_size: int):
         self.batches = SFTBatches(rows, micro * world_size, seed)
         self.micro, self.rank, self.world_size = micro, rank, world_size
 
     def next_batch(self) -> PackedBatch:
         part = self.batches.next_batch()[self.rank * self.micro : (self.rank + 1) * self.micro]
-        return PackedBatch(part.input_ids, part.labels, part.reset, np.zeros(0, np.int64))
+        return part
 
     def state_dict(self) -> dict:
         return {**self.batches.state_dict(), "world_size": self.world_size}
@@ -281,7 +280,7 @@ class _Data:
     vocab_size: int
     tokenizer: Any
     """The run's tokenizer (for the --init-from check), loaded only when needed."""
-    val: TokenShards | SFTRows | None
+    val: TokenShards | PackedBatch | None
     summary: str
 
 
@@ -530,7 +529,7 @@ class StepOutcome:
 
 
 def _batch_tensors(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return batch.inputs.to(device), batch.labels.to(device), batch.reset.to(device)
+    return batch.input_ids.to(device), batch.labels.to(device), batch.reset.to(device)
 
 
 def _step(engine, loader, grad_accum: int, world: int, device: torch.device, z_coef: float,
@@ -618,7 +617,7 @@ def evaluate(engine, shards: TokenShards, seq_len: int, micro: int, batches: int
     for _ in range(min(batches, loader.batches_per_epoch)):
         batch = loader.next_batch()
         labels = batch.labels.to(device)
-        out = engine(batch.inputs.to(device), labels=labels, reset=batch.reset.to(device))
+        out = engine(batch.input_ids.to(device), labels=labels, reset=batch.reset.to(device))
         n = (labels != -100).sum()
         total += torch.stack([out.loss.detach().float() * n, n.float()])
     engine.train()
@@ -627,7 +626,7 @@ def evaluate(engine, shards: TokenShards, seq_len: int, micro: int, batches: int
 
 
 @torch.no_grad()
-def evaluate_rows(engine, rows: SFTRows, micro: int, rank: int, world: int, device: torch.device) -> float:
+def evaluate_rows(engine, rows: PackedBatch, micro: int, rank: int, world: int, device: torch.device) -> float:
     """Mean loss per trained target over all held-out SFT rows (prompt tokens masked).
 
     Rank r takes rows ``[b*G + r*micro, ...)`` of each global batch of ``G = micro*world``;

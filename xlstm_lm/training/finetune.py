@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ..config_utils import ConfigError
-from ..data.sft import PackedBatch, SFTData, load_sft_data
+from ..data.batch import PackedBatch
+from ..data.sft import SFTData, load_sft_data
 from ..data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from .checkpoint import TOKENIZER_DIR
 from .config import RunConfig
