@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xlstm_lm.data.corpus import DataError, load_corpus, split_documents  # noqa: E402
 from xlstm_lm.data.shards import TextSource  # noqa: E402
 from xlstm_lm.evaluation import evaluate, load_scorer, plot_by_position  # noqa: E402
-from xlstm_lm.hf.export import ExportError  # noqa: E402
+from xlstm_lm.training.checkpoint import CheckpointError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                 docs = split_documents(docs, 0.05)[1]
             texts = [d.text for d in docs]
         scorer = load_scorer(args.model, args.device, args.trust_remote_code)
-    except (FileNotFoundError, DataError, ValueError, ExportError) as e:
+    except (FileNotFoundError, DataError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     modes = ["stream", "window"] if args.mode == "both" else [args.mode]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xlstm_lm.data.corpus import DataError  # noqa: E402
 from xlstm_lm.evaluation import load_model  # noqa: E402
 from xlstm_lm.evaluation.sft_accuracy import SLACK_TOKENS, load_examples, sft_accuracy  # noqa: E402
-from xlstm_lm.hf.export import ExportError, resolve_checkpoint  # noqa: E402
+from xlstm_lm.training.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint_config, resolve_checkpoint  # noqa: E402
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -39,11 +39,9 @@ def _short(text: str, n: int = 60) -> str:
 
 def lora_problem(model: str) -> str | None:
     """Why MODEL cannot be evaluated as it is: a LoRA run (adapters not merged), else None."""
-    from xlstm_lm.training.checkpoint import CONFIG_FILE, load_checkpoint_config
-
     try:
         ckpt = resolve_checkpoint(model)
-    except ExportError:
+    except CheckpointError:
         return None  # not a run dir or checkpoint: load_model says what it is
     if (ckpt / CONFIG_FILE).is_file() and ((load_checkpoint_config(ckpt) or {}).get("train") or {}).get("lora"):
         return (f"{ckpt} is a LoRA checkpoint (train.lora): merge its adapters first, "
@@ -78,7 +76,7 @@ def main(argv=None) -> int:
             raise DataError(problem)
         loaded = load_model(args.model, args.device, args.trust_remote_code)
         res = sft_accuracy(loaded, args.data, args.max_new_tokens, args.limit, args.batch_size, args.chat_template)
-    except (FileNotFoundError, DataError, ValueError, ExportError) as e:
+    except (FileNotFoundError, DataError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"model {res.model}")

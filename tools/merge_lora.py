@@ -23,14 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf", default=None, help="also export the merged checkpoint as a Hugging Face folder here")
     args = p.parse_args(argv)
     from xlstm_lm.config_utils import ConfigError
-    from xlstm_lm.hf.export import ExportError, export_checkpoint
+    from xlstm_lm.hf.export import export_checkpoint, load_checkpoint_as_hf
+    from xlstm_lm.training.checkpoint import CheckpointError
     from xlstm_lm.training.lora import load_lora_checkpoint, merge_lora_checkpoint
 
     try:
         adapted, run_cfg, ckpt = load_lora_checkpoint(args.source)
         out = merge_lora_checkpoint(ckpt, args.out_dir)
-        from xlstm_lm.hf.export import load_checkpoint_as_hf
-
         merged = load_checkpoint_as_hf(out)[0]
         ids = torch.randint(0, run_cfg["model"]["vocab_size"], (2, 17), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.hf:
             export_checkpoint(out, args.hf)
             print(f"exported -> {args.hf}")
-    except (ConfigError, ExportError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

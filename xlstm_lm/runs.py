@@ -24,6 +24,13 @@ MODEL_TYPE = "xlstm_lm"
 SP_MODEL_FILE = "sentencepiece.model"
 
 
+def is_hf_folder(path: str | Path) -> bool:
+    """A Hugging Face model folder: ``config.json`` that is neither a training checkpoint's
+    (``config.yaml``) nor a DeepSpeed run's (its resolved config sits beside ``deepspeed/``)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and not (path / "config.yaml").is_file() and not (path / "deepspeed").is_dir()
+
+
 def hf_model_type(path: str | Path) -> str | None:
     """``model_type`` of a Hugging Face folder's config.json (None when it has none)."""
     config = Path(path) / "config.json"
@@ -75,4 +82,4 @@ def load_hf_folder(path: str | Path, trust_remote_code: bool = False, **kwargs: 
     return model, load_hf_tokenizer(path, trust_remote_code)
 
 
-__all__ = ["MODEL_TYPE", "hf_model_type", "load_hf_folder", "load_hf_tokenizer"]
+__all__ = ["MODEL_TYPE", "hf_model_type", "is_hf_folder", "load_hf_folder", "load_hf_tokenizer"]

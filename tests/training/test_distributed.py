@@ -87,8 +87,7 @@ def test_zero2_and_zero3_on_two_ranks_match_one_process(tmp_path):
     from xlstm_lm.models import XLSTMLM
 
     env_script = (
-        "import sys; from xlstm_lm.training.distributed import consolidate; "
-        "consolidate(sys.argv[1], sys.argv[2])"
+        "import sys; from tools.zero_to_model import main; sys.exit(main(sys.argv[1:]))"
     )
     files = {}
     for stage in (2, 3):

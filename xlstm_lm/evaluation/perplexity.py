@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..runs import load_hf_folder
+from ..runs import is_hf_folder, load_hf_folder
 
 Mode = str  # "stream" | "window"
 
@@ -54,13 +54,6 @@ class Scorer:
     device: torch.device = torch.device("cpu")
     bos_id: int | None = None
     """Document separator prepended to every document (None: first token unscored)."""
-
-
-def _is_hf_dir(path: Path) -> bool:
-    from ..hf.zero import DS_DIR
-
-    # a DeepSpeed run dir has a config.json too (the run config), beside its deepspeed/ folder
-    return (path / "config.json").is_file() and not (path / DS_DIR).is_dir()
 
 
 @dataclass
@@ -90,9 +83,10 @@ def load_model(source: str | Path, device: str = "cpu", trust_remote_code: bool 
     dev = torch.device(device)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; pass a run dir, a checkpoint folder or an HF model folder")
-    if _is_hf_dir(path):
+    if is_hf_folder(path):
         model, tok = load_hf_folder(path, trust_remote_code)
         return LoadedModel(model.to(dev).eval(), tok, f"hf:{path}", dev, True)
+    # transformers (behind hf/) is imported when a model is loaded, not with this module
     from ..hf.export import load_checkpoint_as_hf
 
     hf_model, tokenizer, ckpt, run_cfg = load_checkpoint_as_hf(path)

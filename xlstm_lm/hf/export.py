@@ -34,11 +34,13 @@ import torch
 
 from ..config import BLOCK_LETTERS, ModelConfig
 from ..config_utils import ConfigError
+from ..data.sft import ChatFormatter
 from ..data.tokenizers import ByteTokenizer, HFTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
 from ..training import checkpoint as ckpt_io
 from .bundle import ENTRY_MODULES, write_bundle
 from .configuration import XLSTMLMConfig, validated_model_config
 from .modeling import XLSTMLMForCausalLM
+from .zero import ZeroError, consolidate_run, find_deepspeed_checkpoint
 
 AUTO_MAP = {
     "AutoConfig": f"{ENTRY_MODULES['xlstm_lm.hf.configuration']}.XLSTMLMConfig",
@@ -47,25 +49,8 @@ AUTO_MAP = {
 SP_TOKENIZER_MODULE = "tokenization_xlstm_lm"
 
 
-class ExportError(RuntimeError):
+class ExportError(ckpt_io.CheckpointError):
     """The checkpoint cannot be exported; the message says what is missing or wrong."""
-
-
-# --- finding the checkpoint --------------------------------------------------------
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a run dir (its ``latest``, else newest) or a checkpoint folder."""
-    path = Path(path)
-    if (path / ckpt_io.MODEL_FILE).is_file():
-        return path
-    if (path / ckpt_io.CHECKPOINTS).is_dir():
-        latest = ckpt_io.latest_checkpoint(path)
-        found = latest or (ckpt_io.list_checkpoints(path) or [None])[-1]
-        if found is not None:
-            return found
-        raise ExportError(f"run dir {path} has no complete checkpoint under {ckpt_io.CHECKPOINTS}/")
-    raise ExportError(
-        f"{path} is neither a run dir (with {ckpt_io.CHECKPOINTS}/) nor a checkpoint folder (with {ckpt_io.MODEL_FILE})"
-    )
 
 
 def _checkpoint_step(ckpt: Path) -> int | None:
@@ -113,8 +98,6 @@ def load_checkpoint_as_hf(
     tokenizer is found with the run's shards unless ``tokenizer`` names it); the
     returned checkpoint folder is then the DeepSpeed tag folder.
     """
-    from .zero import ZeroError, consolidate_run, find_deepspeed_checkpoint
-
     try:
         ds = find_deepspeed_checkpoint(path, tag)
         if ds is not None:
@@ -123,7 +106,10 @@ def load_checkpoint_as_hf(
             return model, tok, ds.path, run_cfg
     except ZeroError as e:
         raise ExportError(str(e)) from None
-    ckpt = resolve_checkpoint(path)
+    try:
+        ckpt = ckpt_io.resolve_checkpoint(path)
+    except ckpt_io.CheckpointError as e:
+        raise ExportError(str(e)) from None
     run_cfg = ckpt_io.load_checkpoint_config(ckpt) if (ckpt / ckpt_io.CONFIG_FILE).is_file() else None
     if not isinstance(run_cfg, dict) or not isinstance(run_cfg.get("model"), dict):
         raise ExportError(f"{ckpt / ckpt_io.CONFIG_FILE} is missing or has no `model:` section")
@@ -254,8 +240,6 @@ def sft_chat_template(tokenizer: Tokenizer, run_cfg: dict[str, Any] | None) -> s
     sft = ((run_cfg or {}).get("data") or {}).get("sft")
     if not sft:
         return None
-    from ..data.sft import ChatFormatter
-
     try:
         template = ChatFormatter(tokenizer, sft.get("chat_template", "auto")).template
     except ValueError as e:
@@ -285,8 +269,6 @@ def chat_template_problem(out_dir: str | Path, tokenizer: Tokenizer, run_cfg: di
     if not sft:
         return None
     from transformers import AutoTokenizer
-
-    from ..data.sft import ChatFormatter
 
     fmt = ChatFormatter(tokenizer, sft.get("chat_template", "auto"))
     hf = AutoTokenizer.from_pretrained(out_dir, trust_remote_code=True)
@@ -489,7 +471,7 @@ def export_checkpoint(
     try:
         model, tokenizer, ckpt, run_cfg = load_checkpoint_as_hf(path, tokenizer)
     except ConfigError as e:
-        raise ExportError(f"{resolve_checkpoint(path) / ckpt_io.CONFIG_FILE}: {e}") from None
+        raise ExportError(f"{ckpt_io.resolve_checkpoint(path) / ckpt_io.CONFIG_FILE}: {e}") from None
     return export_model(model, tokenizer, out_dir, run_cfg, read_val_metrics(ckpt), str(ckpt), dtype)
 
 
@@ -501,7 +483,6 @@ __all__ = [
     "export_model",
     "load_checkpoint_as_hf",
     "read_val_metrics",
-    "resolve_checkpoint",
     "save_hf_tokenizer",
     "sft_chat_template",
 ]

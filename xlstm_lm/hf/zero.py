@@ -19,13 +19,21 @@ for a DeepSpeed run dir given directly.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_model
+
+from ..config_utils import ConfigError, from_dict
 from ..data.tokenizers import ByteTokenizer, Tokenizer, load_tokenizer
 from ..extras import require
+from ..models import XLSTMLM
 from ..training import checkpoint as ckpt_io
+from ..training.lora import LoraSettings, apply_lora, merge_lora
+from .configuration import validated_model_config
 
 DS_DIR = "deepspeed"
 """The run dir's DeepSpeed checkpoint folder (``training.distributed.DS_DIR``)."""
@@ -160,11 +168,6 @@ def gather_weights(ckpt: DeepSpeedCheckpoint) -> dict[str, Any]:
     read that way. Tied parameters may come back under two names (the partition path):
     the caller saves through the model (``save_model`` stores a tied tensor once).
     """
-    import os
-
-    import torch
-    from safetensors.torch import load_file
-
     copy = ckpt.path / ckpt_io.MODEL_FILE
     if copy.is_file():
         return load_file(str(copy))
@@ -179,10 +182,6 @@ def gather_weights(ckpt: DeepSpeedCheckpoint) -> dict[str, Any]:
 
 def consolidated_model(ckpt: DeepSpeedCheckpoint, run_cfg: dict[str, Any]):
     """An ``XLSTMLM`` of the run config's architecture holding the gathered weights."""
-    from ..config_utils import ConfigError
-    from ..models import XLSTMLM
-    from .configuration import validated_model_config
-
     try:
         model_cfg = validated_model_config(run_cfg["model"])
     except ConfigError as e:
@@ -192,9 +191,6 @@ def consolidated_model(ckpt: DeepSpeedCheckpoint, run_cfg: dict[str, Any]):
     lora = (run_cfg.get("train") or {}).get("lora")
     if lora:
         # a LoRA run's partitions hold base weights and adapters under peft's names
-        from ..config_utils import from_dict
-        from ..training.lora import LoraSettings, apply_lora
-
         model = apply_lora(model, from_dict(LoraSettings, lora, "train.lora"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied embeddings are one parameter under two names; the checkpoint may keep only one.
@@ -206,8 +202,6 @@ def consolidated_model(ckpt: DeepSpeedCheckpoint, run_cfg: dict[str, Any]):
             f"missing {missing[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     if lora:
-        from ..training.lora import merge_lora
-
         model = merge_lora(model)  # folded in: a plain XLSTMLM, as tools/merge_lora.py gives
     return model.eval()
 
@@ -217,8 +211,6 @@ def consolidate_run(
 ) -> Path:
     """Consolidate the DeepSpeed run at ``path`` (run dir, its deepspeed/ folder or a tag
     folder) into the checkpoint folder ``out_dir``; returns ``out_dir``."""
-    from safetensors.torch import save_model
-
     ckpt = find_deepspeed_checkpoint(path, tag)
     if ckpt is None:
         raise ZeroError(f"{path} is not a DeepSpeed run (no {DS_DIR}/ folder with checkpoints)")

@@ -1,16 +1,31 @@
-"""Training: run configs, the training loop, checkpoints, and the train.py command line."""
+"""Training: run configs, the training loop, checkpoints, and the train.py command line.
 
-from .config import DataConfig, RunConfig, TrainConfig, build_run_config, resolve_vocab_size
-from .trainer import TrainingDiverged, TrainResult, Trainer, train
+The names below are imported on first use, so modules that only need a piece of
+``training`` (``training.checkpoint`` for the checkpoint layout, ``training.lora``)
+do not pull in the training loop.
+"""
 
-__all__ = [
-    "DataConfig",
-    "RunConfig",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "TrainingDiverged",
-    "build_run_config",
-    "resolve_vocab_size",
-    "train",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "DataConfig": ".config",
+    "RunConfig": ".config",
+    "TrainConfig": ".config",
+    "build_run_config": ".config",
+    "resolve_vocab_size": ".config",
+    "TrainingDiverged": ".faults",
+    "TrainResult": ".trainer",
+    "Trainer": ".trainer",
+    "train": ".trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

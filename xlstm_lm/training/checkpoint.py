@@ -44,6 +44,11 @@ TOKENIZER_DIR = "tokenizer"
 _STEP_RE = re.compile(r"^step_(\d{7,})$")
 
 
+class CheckpointError(RuntimeError):
+    """A path is not a usable checkpoint: not a run dir or checkpoint folder, weights of
+    another architecture, NaN/Inf values."""
+
+
 def dump_config(config: dict[str, Any], path: Path) -> None:
     """Write a plain config dict as YAML (keys in definition order)."""
     path.write_text(yaml.safe_dump(plain(config), sort_keys=False))
@@ -176,6 +181,22 @@ def latest_checkpoint(run_dir: str | Path, verify_weights: bool = False) -> Path
     )
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a run dir (its ``latest``, else newest) or a checkpoint folder."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        return path
+    if (path / CHECKPOINTS).is_dir():
+        latest = latest_checkpoint(path)
+        found = latest or (list_checkpoints(path) or [None])[-1]
+        if found is not None:
+            return found
+        raise CheckpointError(f"run dir {path} has no complete checkpoint under {CHECKPOINTS}/")
+    raise CheckpointError(
+        f"{path} is neither a run dir (with {CHECKPOINTS}/) nor a checkpoint folder (with {MODEL_FILE})"
+    )
+
+
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` checkpoints (never the one ``latest`` names)."""
     checkpoints = list_checkpoints(run_dir)
@@ -189,10 +210,6 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
 def load_checkpoint_state(path: str | Path) -> dict[str, Any]:
     """The trainer state dict saved by ``save_checkpoint`` (includes 'step')."""
     return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint's weights cannot be used (another architecture, NaN/Inf values)."""
 
 
 def load_checkpoint_weights(model: nn.Module, path: str | Path) -> None:
@@ -233,5 +250,6 @@ __all__ = [
     "load_checkpoint_weights",
     "nonfinite_weights",
     "prune_checkpoints",
+    "resolve_checkpoint",
     "save_checkpoint",
 ]

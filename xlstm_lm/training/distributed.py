@@ -762,29 +762,3 @@ def _saved_world_size(ckpt_dir: Path) -> int | None:
     state = ckpt_dir / latest.read_text().strip() / RUN_STATE if latest.is_file() else None
     return json.loads(state.read_text())["world_size"] if state is not None and state.is_file() else None
 
-
-def consolidate(ckpt_dir: str | Path, out_file: str | Path, tag: str | None = None) -> Path:
-    """Gather a ZeRO (any stage) checkpoint into one fp32 safetensors model file with
-    the model's own parameter names (what ``load_checkpoint_weights`` / export read).
-
-    Weights only; ``tools/zero_to_model.py`` (``hf.zero.consolidate_run``) writes a whole
-    checkpoint folder with config and tokenizer. Tied parameters (embedding and LM head)
-    come back from DeepSpeed as one tensor under two names: stored once, under the
-    first name, as the single-process checkpoints do."""
-    from safetensors.torch import save_file
-
-    from ..hf.zero import DeepSpeedCheckpoint, find_deepspeed_checkpoint, gather_weights
-
-    found = find_deepspeed_checkpoint(ckpt_dir, tag)
-    ckpt = found if found is not None else DeepSpeedCheckpoint(Path(ckpt_dir).parent, tag or "")
-    seen: set[int] = set()
-    clean = {}
-    for name, tensor in gather_weights(ckpt).items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        clean[name] = tensor.contiguous()
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(clean, str(out))
-    return out

@@ -37,8 +37,10 @@ from torch import nn
 from ..config import ModelConfig
 from ..config_utils import ConfigError, from_dict, to_dict
 from ..data.tokenizers import ByteTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
-from ..runs import load_hf_tokenizer
+from ..models import XLSTMLM
+from ..runs import is_hf_folder, load_hf_tokenizer
 from . import checkpoint as ckpt_io
+from .config import config_differences
 
 #: Text whose ids identify a tokenizer's mapping when no fingerprint can be compared.
 PROBE_TEXT = "def f(x):\n    return x + 1  # Ünïcødé ✓ 日本語\n\tThe quick brown fox, 0123456789!?"
@@ -94,13 +96,11 @@ def _hf_source(path: Path) -> InitSource:
 def resolve_init_source(path: str | Path) -> InitSource:
     """Find the weights, model config and tokenizer of a run dir, checkpoint or HF folder."""
     path = Path(path)
-    if (path / "config.json").is_file() and not (path / ckpt_io.CONFIG_FILE).is_file():
+    if is_hf_folder(path):
         return _hf_source(path)
-    from ..hf.export import ExportError, resolve_checkpoint
-
     try:
-        ckpt = resolve_checkpoint(path)
-    except ExportError as e:
+        ckpt = ckpt_io.resolve_checkpoint(path)
+    except ckpt_io.CheckpointError as e:
         raise ConfigError(f"--init-from: {e}, nor a Hugging Face folder (with config.json)") from None
     run_cfg = ckpt_io.load_checkpoint_config(ckpt)
     if not isinstance(run_cfg, dict) or not isinstance(run_cfg.get("model"), dict):
@@ -115,8 +115,6 @@ def resolve_init_source(path: str | Path) -> InitSource:
 
 
 def _param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from ..models import XLSTMLM
-
     with torch.device("meta"):
         model = XLSTMLM(cfg)
     return {name: tuple(p.shape) for name, p in model.state_dict().items()}
@@ -137,8 +135,6 @@ def merged_model_config(source: InitSource, overrides: dict[str, Any] | None) ->
     before, after = _param_shapes(base), _param_shapes(merged)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     if changed:
-        from .config import config_differences
-
         diffs = config_differences(base, merged, "model")
         raise ConfigError(
             f"--init-from {source.path}: the model overrides ({'; '.join(diffs)}) change parameter shapes "

@@ -27,11 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_model
 from torch import nn
 
-from ..config_utils import ConfigError, check
+from ..config import ModelConfig
+from ..config_utils import ConfigError, check, from_dict
 from ..extras import require
 from ..layers.basic import HeadwiseLinear
+from ..models import XLSTMLM
+from . import checkpoint as ckpt_io
 
 #: The layers adapted by default: ``hf.modeling.LORA_TARGET_MODULES`` (see its comment),
 #: repeated here so the run config does not import transformers; a test checks that the
@@ -122,13 +126,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def load_lora_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], Path]:
     """``(model with adapters, run config, checkpoint folder)`` of a LoRA run dir or checkpoint."""
-    from ..config import ModelConfig
-    from ..config_utils import from_dict
-    from ..hf.export import resolve_checkpoint
-    from ..models import XLSTMLM
-    from . import checkpoint as ckpt_io
-
-    ckpt = resolve_checkpoint(path)
+    ckpt = ckpt_io.resolve_checkpoint(path)
     run_cfg = ckpt_io.load_checkpoint_config(ckpt)
     lora = (run_cfg.get("train") or {}).get("lora")
     if not lora:
@@ -142,10 +140,6 @@ def merge_lora_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
     """Write the merged weights of a LoRA checkpoint as a plain checkpoint folder ``out_dir``
     (model.safetensors, config.yaml without train.lora, tokenizer/), which
     ``tools/export_hf.py`` and ``--init-from`` accept."""
-    from safetensors.torch import save_model
-
-    from . import checkpoint as ckpt_io
-
     model, run_cfg, ckpt = load_lora_checkpoint(path)
     merge_lora(model)
     out = Path(out_dir)

@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import ModelConfig
+from ..models import XLSTMLM
 from ..config_utils import ConfigError, to_dict
 from ..data.corpus import corpus_bytes, load_corpus, split_documents
 from ..data.dataset import TrainWindows, iter_batches, tokenize_splits, unigram_perplexity, val_windows
@@ -86,8 +87,6 @@ class TrainResult:
 
 
 def default_model_factory(model_cfg: ModelConfig) -> nn.Module:
-    from ..models import XLSTMLM
-
     return XLSTMLM(model_cfg)
 
 
