@@ -242,9 +242,10 @@ def test_damaged_but_readable_weights_are_not_trained_from(tmp_path, text, capsy
         cfg = from_dict(ModelConfig, load_checkpoint_config(weights.parent)["model"], "model")
         load_checkpoint_weights(XLSTMLM(cfg), weights.parent)
     # the resume falls back to the newest usable checkpoint, with a warning, and ends finite
-    with pytest.warns(UserWarning, match="step_0000004, which is unusable.*NaN/Inf.*falling back to step_0000002"):
+    with pytest.warns(UserWarning, match="step_0000004, which is unusable.*NaN/Inf.*falling back to step_0000002") as seen:
         code, err = run(capsys, "--resume", "--run-dir", run_dir, "train.max_steps=6")
     assert code == 0, err
+    assert len([w for w in seen if "falling back" in str(w.message)]) == 1, "the fallback is reported once"
     assert "resumed from" in run.out and "step_0000002" in run.out
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["split"] == "val" and records[-1]["loss"] is not None

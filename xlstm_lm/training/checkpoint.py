@@ -145,12 +145,14 @@ def nonfinite_weights(path: str | Path) -> str | None:
     return None
 
 
-def latest_checkpoint(run_dir: str | Path, verify_weights: bool = False) -> Path | None:
+def latest_checkpoint(run_dir: str | Path, verify_weights: bool = False, warn: bool = True) -> Path | None:
     """The checkpoint ``latest`` names, or, if that one is damaged, the newest complete one.
 
     None when the run has no checkpoint. Falling back warns, naming what is wrong;
     when no complete checkpoint is left it is an error. ``verify_weights`` (a resume)
-    also reads the weights: NaN/Inf values make a checkpoint unusable too.
+    also reads the weights: NaN/Inf values make a checkpoint unusable too. ``warn=False``
+    for lookups that only peek (the command line before the loop), so a fallback is
+    reported once, by the loop that uses it.
     """
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
@@ -172,8 +174,8 @@ def latest_checkpoint(run_dir: str | Path, verify_weights: bool = False) -> Path
         return None
     for older in reversed(candidates):
         if older != damaged and problem_of(older) is None:
-            # stacklevel 1: one location, so the same fallback is reported once however often it is looked up
-            warnings.warn(f"{what}; falling back to {older.name}, the newest complete checkpoint", stacklevel=1)
+            if warn:
+                warnings.warn(f"{what}; falling back to {older.name}, the newest complete checkpoint", stacklevel=2)
             return older
     raise FileNotFoundError(
         f"{what}, and no complete checkpoint is left in {root} "

@@ -103,7 +103,7 @@ def _run_dir_of(raw: dict[str, Any]) -> Path:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a checkpoint a run can continue from (either loop's layout)."""
-    return latest_checkpoint(run_dir) is not None or (run_dir / "deepspeed" / "latest").is_file()
+    return latest_checkpoint(run_dir, warn=False) is not None or (run_dir / "deepspeed" / "latest").is_file()
 
 
 def load_raw_config(args: argparse.Namespace, default_config: Path) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def load_raw_config(args: argparse.Namespace, default_config: Path) -> dict[str,
         )
     if args.config is not None:
         return raw
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = latest_checkpoint(run_dir, warn=False)  # the loop reports a fallback
     if ckpt is not None:
         return _apply_cli(load_checkpoint_config(ckpt), args)
     # A run of the DeepSpeed loop: its resolved config sits next to deepspeed/latest.
