@@ -35,11 +35,19 @@ def describe(path: str) -> str:
     )
 
 
+def shipped_model_configs() -> list[str]:
+    """Every config under configs/ that defines a model: not the shared bases (``_*.yaml``),
+    nor files without a ``model`` section (fine-tuning run configs, whose model comes
+    from --init-from, and ``accelerate launch`` files)."""
+    paths = sorted(p for p in glob.glob("configs/**/*.yaml", recursive=True) if "/_" not in p)
+    return [p for p in paths if isinstance(data := load_yaml(p), dict) and "model" in data]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="*", help="config files (default: every file under configs/)")
     args = ap.parse_args(argv)
-    paths = args.configs or sorted(p for p in glob.glob("configs/**/*.yaml", recursive=True) if "/_" not in p)
+    paths = args.configs or shipped_model_configs()
     print("| config | blocks | d_model | vocab | params | non-embedding | train MFLOP/token @2048 |")
     print("|---|---|---|---|---|---|---|")
     for p in paths:

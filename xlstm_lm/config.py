@@ -16,7 +16,7 @@ from typing import Literal
 from .config_utils import ConfigError, check
 
 BlockKind = Literal[
-    "mlstm", "slstm", "mlstm7b", "elman", "lstm1997", "lstm", "peephole", "gru", "cudnn_lstm"
+    "mlstm", "slstm", "mlstm7b", "attention", "elman", "lstm1997", "lstm", "peephole", "gru", "cudnn_lstm"
 ]
 
 #: One letter per block kind for ``ModelConfig.pattern`` (e.g. "mmms" = xLSTM[3:1]).
@@ -24,6 +24,7 @@ BLOCK_LETTERS: dict[str, str] = {
     "m": "mlstm",
     "s": "slstm",
     "x": "mlstm7b",
+    "a": "attention",
     "e": "elman",
     "h": "lstm1997",
     "l": "lstm",
@@ -150,6 +151,35 @@ class MLSTM7BConfig:
 
 
 @dataclass
+class AttentionConfig:
+    """Llama decoder block: RMSNorm pre-norm, causal attention with rotary position
+    embeddings and optional grouped-query heads, SwiGLU MLP (``pattern`` letter a)."""
+
+    num_heads: int = 4
+    """Query heads; the head dimension is d_model / num_heads."""
+    num_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention: num_heads / num_kv_heads query heads
+    share one); None gives one per query head (multi-head attention)."""
+    rope_theta: float = 10000.0
+    """Base of the rotary position embedding frequencies (Llama 1/2: 10000)."""
+    ffn_proj_factor: float = 8 / 3
+    """SwiGLU inner dimension factor (Llama: 2/3 of a 4x MLP)."""
+    ffn_round_to: int = 256
+    """SwiGLU inner dimension: int(ffn_proj_factor * d_model) rounded up to a multiple of
+    this (Llama's ``multiple_of``, which drops the fraction first like ``round_up_7b``)."""
+
+    def __post_init__(self):
+        check(self.num_heads > 0, f"attention.num_heads must be positive, got {self.num_heads}")
+        check(
+            self.num_kv_heads is None or self.num_kv_heads > 0,
+            f"attention.num_kv_heads must be positive (or null for one per query head), got {self.num_kv_heads}",
+        )
+        check(self.rope_theta > 0, f"attention.rope_theta must be positive, got {self.rope_theta}")
+        check(self.ffn_proj_factor > 0, f"attention.ffn_proj_factor must be positive, got {self.ffn_proj_factor}")
+        check(self.ffn_round_to > 0, f"attention.ffn_round_to must be positive, got {self.ffn_round_to}")
+
+
+@dataclass
 class ClassicConfig:
     """Classic recurrent blocks (Elman, LSTM-1997, LSTM, peephole, GRU, nn.LSTM)."""
 
@@ -176,9 +206,9 @@ class ModelConfig:
     """Indices of sLSTM blocks (xLSTM[a:b] notation), or 'all'."""
     pattern: str | None = None
     """One letter per block, overriding block/slstm_at: m=mLSTM, s=sLSTM, x=xLSTM-7B,
-    e=Elman, h=LSTM-1997, l=LSTM, p=peephole LSTM, g=GRU, c=cuDNN nn.LSTM."""
+    a=attention (Llama), e=Elman, h=LSTM-1997, l=LSTM, p=peephole LSTM, g=GRU, c=cuDNN nn.LSTM."""
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    """Norm type of block pre-norms and the final norm (the 7B layout uses rmsnorm)."""
+    """Norm type of block pre-norms and the final norm (the 7B and Llama layouts use rmsnorm)."""
     norm_eps: float = 1e-5
     """Epsilon of those norms."""
     final_norm: bool = True
@@ -205,6 +235,8 @@ class ModelConfig:
     """Settings of sLSTM blocks."""
     mlstm7b: MLSTM7BConfig = field(default_factory=MLSTM7BConfig)
     """Settings of xLSTM-7B blocks."""
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    """Settings of attention (Llama) blocks."""
     classic: ClassicConfig = field(default_factory=ClassicConfig)
     """Settings of classic recurrent blocks."""
 
@@ -254,6 +286,23 @@ class ModelConfig:
                     f"xLSTM-7B q/k dim {self.mlstm7b_qk_dim} and v dim {self.mlstm7b_v_dim} must be divisible "
                     f"by mlstm7b.num_heads={h}",
                 )
+            elif kind == "attention":
+                h, kv = self.attention.num_heads, self.attention_kv_heads
+                check(
+                    self.d_model % h == 0,
+                    f"model.d_model={self.d_model} is not divisible by attention.num_heads={h}; "
+                    "choose a head count that divides d_model",
+                )
+                check(
+                    self.attention_head_dim % 2 == 0,
+                    f"attention head dim {self.attention_head_dim} (d_model / attention.num_heads) must be even: "
+                    "rotary embeddings rotate pairs of features; change attention.num_heads",
+                )
+                check(
+                    h % kv == 0,
+                    f"attention.num_heads={h} is not a multiple of attention.num_kv_heads={kv}; grouped-query "
+                    "heads share key/value heads evenly, so choose num_kv_heads dividing num_heads",
+                )
 
     @property
     def block_kinds(self) -> list[str]:
@@ -283,8 +332,21 @@ class ModelConfig:
     def mlstm7b_ffn_dim(self) -> int:
         return round_up_7b(self.d_model * self.mlstm7b.ffn_proj_factor, self.mlstm7b.ffn_round_to)
 
+    @property
+    def attention_head_dim(self) -> int:
+        return self.d_model // self.attention.num_heads
+
+    @property
+    def attention_kv_heads(self) -> int:
+        return self.attention.num_kv_heads or self.attention.num_heads
+
+    @property
+    def attention_ffn_dim(self) -> int:
+        return round_up_7b(self.d_model * self.attention.ffn_proj_factor, self.attention.ffn_round_to)
+
 
 __all__ = [
+    "AttentionConfig",
     "BLOCK_LETTERS",
     "CLASSIC_KINDS",
     "ClassicConfig",

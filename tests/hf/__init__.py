@@ -1,8 +1,9 @@
 """Tests of the Hugging Face integration (xlstm_lm/hf, convert/hf_native, tools/export_hf).
 
 Shared tiny models: d_model 32, two heads, chunk size 8 (so prompts longer than 8
-run the chunkwise form), every weight perturbed so zero-initialised paths (sLSTM
-recurrent weights, gate weights) take part.
+run the chunkwise form), attention with four query heads on two key/value heads
+(grouped-query), every weight perturbed so zero-initialised paths (sLSTM recurrent
+weights, gate weights) take part.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from xlstm_lm.hf.modeling import XLSTMLMForCausalLM
 from xlstm_lm.models import XLSTMLM
 from xlstm_lm.training.checkpoint import save_checkpoint
 
-#: one letter per block kind (m, s, x and the six classic cells)
-ALL_KINDS = "msxehlpgc"
+#: one letter per block kind (m, s, x, attention and the six classic cells)
+ALL_KINDS = "msxaehlpgc"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +39,7 @@ def tiny_model_dict(pattern: str, vocab_size: int = 37, **overrides) -> dict:
         mlstm={"num_heads": 2, "chunk_size": 8},
         slstm={"num_heads": 2},
         mlstm7b={"num_heads": 2, "chunk_size": 8},
+        attention={"num_heads": 4, "num_kv_heads": 2},
     )
     data.update(overrides)
     return data

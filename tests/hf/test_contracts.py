@@ -83,7 +83,10 @@ def test_1_cache_under_every_name_and_generate_continues_from_a_returned_cache(m
     greedy = dict(do_sample=False, return_dict_in_generate=True)
     once = model.generate(ids, max_new_tokens=8, **greedy).sequences
     part = model.generate(ids, max_new_tokens=4, **greedy)
-    more = model.generate(part.sequences, max_new_tokens=4, **greedy, **{CACHE_NAME: output_cache(part)})
+    # the mask is passed: without one transformers takes every pad id (0 here) in the
+    # ids for padding, and the generated tokens may well be 0
+    seen = torch.ones_like(part.sequences)
+    more = model.generate(part.sequences, attention_mask=seen, max_new_tokens=4, **greedy, **{CACHE_NAME: output_cache(part)})
     assert torch.equal(more.sequences, once)
 
     # the same with a left-padded batch (the cache counts the padding positions too)

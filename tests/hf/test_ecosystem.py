@@ -48,7 +48,8 @@ def test_peft_lora_trains_merges_and_generates_like_unmerged():
 
     from xlstm_lm.layers.lora import register_headwise_lora
 
-    model = tiny_hf_model("xm", dtype=torch.float32, perturb=0.1)
+    # attention blocks share the xLSTM-7B block's q, k, v, out_proj names
+    model = tiny_hf_model("xma", dtype=torch.float32, perturb=0.1)
     # the head-wise q/k/v of the paper mLSTM block take our per-head adapter (peft's custom-module hook)
     config = register_headwise_lora(
         LoraConfig(r=4, lora_alpha=8, target_modules=list(LORA_TARGET_MODULES), lora_dropout=0.0, task_type="CAUSAL_LM")
@@ -56,6 +57,7 @@ def test_peft_lora_trains_merges_and_generates_like_unmerged():
     peft_model = get_peft_model(model, config)
     wrapped = {n.rsplit(".", 2)[-2] for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
     assert wrapped == {"q", "k", "v", "out_proj", "proj_up", "proj_down", "q_proj", "k_proj", "v_proj"}
+    assert any(n.endswith("blocks.2.attention.out_proj.lora_A") for n, _ in peft_model.named_modules())
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n, p in peft_model.named_parameters() if p.requires_grad)
 

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from tests.helpers import assert_close
-from tests.hf import isolated_python, make_run, tiny_hf_model
+from tests.hf import ALL_KINDS, isolated_python, make_run, tiny_hf_model
 from tools.export_hf import main as export_main
 from xlstm_lm.data.tokenizers import HFTokenizer, SentencePieceTokenizer
 from xlstm_lm.hf.export import ExportError, byte_tokenizer_fast, export_checkpoint, export_model
@@ -61,7 +61,7 @@ def test_export_run_dir_loads_without_xlstm_lm_installed(tmp_path):
     assert config["model_type"] == "xlstm_lm" and set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     card = (out / "README.md").read_text()
     assert "12.180" in card and "step 40" in card and "120.500" in card and f"{model.num_params():,}" in card
-    assert "corpus/" in card and "pattern `msxehlpgc`" in card
+    assert "corpus/" in card and f"pattern `{ALL_KINDS}`" in card
 
     ids = torch.randint(0, 256, (2, 13))
     torch.save(ids, tmp_path / "inputs.pt")

@@ -3,7 +3,8 @@
 Invariances: cached generation == full recomputation without a cache (greedy and
 beam search, token for token, every block kind); a left-padded batch continues
 like each prompt alone; prefill runs the full-sequence path once, then T=1 steps;
-the cache does not grow. Plus sampling, repetition penalty, stopping criteria,
+the cache does not grow for recurrent blocks, and grows by one key/value position
+per token for attention blocks. Plus sampling, repetition penalty, stopping criteria,
 TextStreamer and pipeline("text-generation").
 """
 
@@ -64,6 +65,23 @@ def test_prefill_is_one_full_sequence_pass_then_single_token_steps_with_constant
     short = cache.memory_bytes()
     long = output_cache(model.generate(ids, max_new_tokens=40, do_sample=False, return_dict_in_generate=True))
     assert long.memory_bytes() == short > 0
+
+
+def test_attention_cache_grows_by_one_key_value_position_per_token():
+    """Recurrent states stay constant; an attention block's keys and values (and its
+    visibility flags) grow by one position per token fed."""
+    model = tiny_hf_model("ma")
+    ids = torch.randint(0, 37, (2, 13))
+    caches = [
+        output_cache(model.generate(ids, max_new_tokens=n, do_sample=False, return_dict_in_generate=True))
+        for n in (6, 40)
+    ]
+    k, v, visible, next_pos = caches[1].states[1]
+    assert k.shape == v.shape == (2, 2, 13 + 39, 8) and visible.shape == (2, 52) and visible.all()
+    assert next_pos.tolist() == [52, 52]
+    # per position and row: keys and values of 2 heads x 8 dims in float64, one bool
+    per_position = 2 * (2 * 2 * 8 * 8 + 1)
+    assert caches[1].memory_bytes() - caches[0].memory_bytes() == 34 * per_position
 
 
 def test_sampling_repetition_penalty_and_stopping_criteria_match_recomputation():

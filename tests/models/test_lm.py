@@ -13,8 +13,12 @@ from xlstm_lm.config import BLOCK_LETTERS, ModelConfig
 from xlstm_lm.config_utils import ConfigError, apply_overrides, from_dict, load_yaml
 from xlstm_lm.models import XLSTMLM
 
-SMALL = dict(vocab_size=37, d_model=32, mlstm={"num_heads": 2, "chunk_size": 8}, slstm={"num_heads": 2})
-PATTERNS = ["m", "s", "x", "e", "h", "l", "p", "g", "c", "msxm"]
+# attention: four query heads on two key/value heads (grouped-query) of dim 8
+SMALL = dict(
+    vocab_size=37, d_model=32, mlstm={"num_heads": 2, "chunk_size": 8}, slstm={"num_heads": 2},
+    attention={"num_heads": 4, "num_kv_heads": 2},
+)
+PATTERNS = ["m", "s", "x", "a", "e", "h", "l", "p", "g", "c", "msxm", "mmam"]
 
 
 def tiny_model(pattern: str, dtype=torch.float64, **kw) -> XLSTMLM:
@@ -128,6 +132,8 @@ EXPECTED_PARAMS = {  # millions, with the embedding counted once (tied) for the 
     "xlstm71_125m": 125, "xlstm10_125m": 125, "xlstm71_350m": 350, "xlstm10_350m": 350,
     "xlstm71_760m": 760, "xlstm10_760m": 760, "xlstm71_1.3b": 1300, "xlstm10_1.3b": 1300,
     "xlstm7b": 6900, "lstm_ptb_small": 4.6, "lstm_ptb_medium": 19.8,
+    # the xLSTM paper's Llama baselines (untied head; 407M is its Table 1's 350M-class count)
+    "llama_125m": 162.2, "llama_350m": 407, "llama_760m": 834.1, "llama_1.3b": 1420.4,
 }
 
 
@@ -162,8 +168,19 @@ def test_flops_per_token_counts_dense_weights_and_cell():
     assert model.flops_per_token(100) == pytest.approx(3 * (2 * dense + cell))
 
 
+def test_flops_per_token_counts_attention_scores_and_values():
+    """QK^T and AV over the causal half: 2 Dh seq_len FLOPs per query head and token
+    (grouped-query key/value heads save none); training is 3x the forward."""
+    model = tiny_model("a", dtype=torch.float32)
+    dense = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding"))
+    attn = model.blocks[0].attention
+    assert (attn.num_heads, attn.num_kv_heads, attn.head_dim) == (4, 2, 8)
+    for seq_len in (100, 2048):
+        assert model.flops_per_token(seq_len) == pytest.approx(3 * (2 * dense + 4 * 2 * 8 * seq_len))
+
+
 def test_generate_greedy_equals_full_recomputation():
-    model = tiny_model("msx")
+    model = tiny_model("msxa")
     prompt = torch.randint(0, 37, (2, 5))
     out = model.generate(prompt, max_new_tokens=8, temperature=0)
     seq = prompt
@@ -190,7 +207,7 @@ def test_block_letters_cover_every_kind():
 
 
 def test_bf16_forward_is_finite_and_close_to_fp32():
-    model = tiny_model("msx", dtype=torch.float32)
+    model = tiny_model("msxa", dtype=torch.float32)
     ids = torch.randint(0, 37, (2, 24))
     ref = model(ids).logits
     out = model.to(torch.bfloat16)(ids).logits
@@ -209,6 +226,33 @@ def test_initialisation_follows_the_papers():
     # power-law forget-gate bias: decreasing from +5 to -7 over each head's units
     assert fb[0, 0].item() == pytest.approx(5.0) and fb[0, -1].item() == pytest.approx(-7.0)
     assert torch.all(s.slstm.recurrent_kernel == 0)
+
+
+def test_attention_initialisation_is_the_other_blocks_scheme():
+    """q/k/v: small init N(0, sqrt(2 / 5d)); output projections: wang init N(0, 2 / (L sqrt(d)));
+    the same scheme as the xLSTM-7B block's projections and SwiGLU."""
+    d, blocks = 256, 4
+    model = XLSTMLM(from_dict(ModelConfig, {**SMALL, "d_model": d, "num_blocks": blocks, "pattern": "a" * blocks}))
+    layer, ffn = model.blocks[0].attention, model.blocks[0].ffn
+    small, wang = (2 / (5 * d)) ** 0.5, 2 / blocks / d**0.5
+    for w, std in ((layer.q.weight, small), (layer.k.weight, small), (layer.v.weight, small), (ffn.gate.weight, small),
+                   (layer.out_proj.weight, wang), (ffn.down.weight, wang)):
+        assert w.std().item() == pytest.approx(std, rel=0.05) and abs(w.mean().item()) < 0.1 * std
+    assert layer.q.bias is None and layer.out_proj.bias is None and ffn.up.bias is None
+
+
+def test_attention_config_errors_name_the_key():
+    base = {**SMALL, "num_blocks": 1, "pattern": "a"}
+    with pytest.raises(ConfigError, match=r"d_model=32 is not divisible by attention.num_heads=5"):
+        from_dict(ModelConfig, {**base, "attention": {"num_heads": 5}})
+    with pytest.raises(ConfigError, match=r"attention.num_heads=4 is not a multiple of attention.num_kv_heads=3"):
+        from_dict(ModelConfig, {**base, "attention": {"num_heads": 4, "num_kv_heads": 3}})
+    with pytest.raises(ConfigError, match=r"head dim 1 .* must be even"):
+        from_dict(ModelConfig, {**base, "attention": {"num_heads": 32}})
+    with pytest.raises(ConfigError, match=r"attention.num_kv_heads must be positive"):
+        from_dict(ModelConfig, {**base, "attention": {"num_kv_heads": 0}})
+    # only checked where an attention block exists
+    assert from_dict(ModelConfig, {**base, "pattern": "m", "attention": {"num_heads": 5}}).attention.num_heads == 5
 
 
 def test_output_unpacks_as_logits_and_state():
@@ -244,7 +288,7 @@ def test_left_padded_batch_equals_rows_alone(pattern):
 
 
 def test_left_padding_gradients_are_finite():
-    model = tiny_model("msx")
+    model = tiny_model("msxa")
     ids = torch.randint(0, 37, (2, 12))
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[0, :7] = 0

@@ -1,5 +1,6 @@
 """Document resets through the whole model: a packed row of documents equals each
-document run alone, for every block kind (cell state and causal-conv taps)."""
+document run alone, for every block kind (cell state and causal-conv taps; for
+attention the block-diagonal mask and rotary positions restarting at 0)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_packed_row_equals_documents_alone(pattern):
         start += L
 
 
-@pytest.mark.parametrize("pattern", ["m", "s", "x", "l", "msxm"])
+@pytest.mark.parametrize("pattern", ["m", "s", "x", "a", "l", "msxm", "mmam"])
 def test_reset_ignores_carried_state_and_pieces_equal_one_run(pattern):
     """A reset at token 0 discards the incoming state; a packed row split in two
     pieces (carrying state and conv buffer) equals the one-piece run."""
@@ -57,7 +58,7 @@ def test_reset_ignores_carried_state_and_pieces_equal_one_run(pattern):
 
 
 def test_no_reset_flags_equal_no_reset_argument():
-    model = tiny_model("msx")
+    model = tiny_model("msxa")
     ids = torch.randint(0, 37, (2, 11))
     plain = model(ids).logits
     flagged = model(ids, reset=torch.zeros_like(ids, dtype=torch.bool)).logits

@@ -1,15 +1,19 @@
-"""``XLSTMLMCache``: the recurrent state of every block, as a generation cache.
+"""``XLSTMLMCache``: the state of every block, as a generation cache.
 
-A recurrent model needs no key/value history: the cache holds one tuple of state
-tensors per block (the ``state`` that ``XLSTMLM.forward`` takes and returns), so its
-memory is constant in the number of generated tokens. Every state tensor has the
-batch as dim 0, so beam-search reordering is ``index_select(0, beam_idx)`` on all.
+The cache holds one tuple of state tensors per block (the ``state`` that
+``XLSTMLM.forward`` takes and returns). A recurrent block needs no key/value history:
+its state is constant in the number of generated tokens. An attention block's state
+is its key/value cache (``xlstm_lm.layers.attention``: keys, values, which cached
+positions are visible, the next rotary position), which grows by one position per
+token. Every state tensor has the batch as dim 0, so beam-search reordering is
+``index_select(0, beam_idx)`` on all.
 
 It implements the part of transformers' ``Cache`` interface that ``generate`` uses
 for a model that builds its own cache (``get_seq_length``, ``reorder_cache``,
 ``batch_repeat_interleave``, ``batch_select_indices``, ``reset``, the layer-kind
 flags ``is_linear`` / ``is_sliding``) without subclassing ``Cache``, whose internals
-(key/value layers) do not fit a recurrence.
+(per-layer key/value objects) do not fit a recurrence, nor our attention blocks'
+state with its visibility mask and positions.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ State = list[tuple[torch.Tensor, ...]]
 
 
 class XLSTMLMCache:
-    """Per-block recurrent state plus the number of positions consumed so far.
+    """Per-block state (recurrent, or key/value for attention) plus the number of
+    positions consumed so far.
 
     ``seen_tokens`` counts every position fed through the model, left padding
     included, so it matches the length of the attention mask that ``generate``
@@ -48,7 +53,8 @@ class XLSTMLMCache:
         self.seen_tokens += int(num_new_tokens)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        """Positions consumed so far (the state itself has no sequence dimension)."""
+        """Positions consumed so far, left padding included (recurrent states have no
+        sequence dimension; an attention block's keys have exactly this many)."""
         return self.seen_tokens
 
     @property
@@ -60,11 +66,12 @@ class XLSTMLMCache:
 
     @property
     def is_sliding(self) -> list[bool]:
-        """No sliding-window layers: the state summarises every position seen."""
+        """No sliding-window layers: every state covers every position seen."""
         return [False] * max(1, len(self))
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
-        """-1: no maximum length (the state does not grow)."""
+        """-1: no maximum length (recurrent states do not grow; key/value caches grow
+        without a limit)."""
         return -1
 
     @property
@@ -98,7 +105,8 @@ class XLSTMLMCache:
         )
 
     def memory_bytes(self) -> int:
-        """Bytes held by the state tensors (constant while generating)."""
+        """Bytes held by the state tensors: constant while generating with recurrent
+        blocks only; attention blocks add their key/value bytes for every position."""
         if self.states is None:
             return 0
         return sum(t.numel() * t.element_size() for block in self.states for t in block)

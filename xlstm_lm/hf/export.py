@@ -346,6 +346,9 @@ def _architecture_lines(cfg: ModelConfig) -> list[str]:
         lines.append(f"- mLSTM: {cfg.mlstm.num_heads} heads, inner dim {cfg.mlstm_inner_dim}, conv {cfg.mlstm.conv_kernel}")
     if "slstm" in counts:
         lines.append(f"- sLSTM: {cfg.slstm.num_heads} heads, gated MLP dim {cfg.slstm_ffn_dim}")
+    if "attention" in counts:
+        a = cfg.attention
+        lines.append(f"- attention (Llama): {a.num_heads} heads, {a.num_kv_heads or a.num_heads} key/value heads, rotary theta {a.rope_theta:g}")
     if "mlstm7b" in counts:
         lines.append(
             f"- xLSTM-7B mLSTM: {cfg.mlstm7b.num_heads} heads, q/k dim {cfg.mlstm7b_qk_dim}, v dim {cfg.mlstm7b_v_dim}, "
@@ -363,6 +366,9 @@ def model_card(
 ) -> str:
     cfg = model.config.model_config
     n, n_emb = model.num_params(), model.model.embedding.weight.numel()
+    attention = "attention" in cfg.block_kinds
+    recurrent = any(k != "attention" for k in cfg.block_kinds)
+    kind = "hybrid recurrent / attention" if attention and recurrent else "attention (Llama)" if attention else "recurrent"
     data = (run_cfg or {}).get("data") or {}
     train = (run_cfg or {}).get("train") or {}
     corpus = (data.get("path") or (f"token shards {data['shards']}" if data.get("shards") else None)
@@ -371,12 +377,12 @@ def model_card(
         "---",
         "library_name: transformers",
         "pipeline_tag: text-generation",
-        "tags: [xlstm, recurrent, custom_code]",
+        f"tags: [xlstm, {'recurrent, ' if recurrent else ''}{'attention, ' if attention else ''}custom_code]",
         "---",
         "",
         "# xLSTM language model (xlstm-lm)",
         "",
-        "A recurrent language model exported from xlstm-lm "
+        f"A {kind} language model exported from xlstm-lm "
         "(xLSTM blocks and classic LSTM baselines). Its modeling code is included, so it loads with "
         "`trust_remote_code=True` without installing xlstm-lm.",
         "",
@@ -384,7 +390,10 @@ def model_card(
         "",
         *_architecture_lines(cfg),
         f"- parameters: {n:,} ({n - n_emb:,} without the embedding)",
-        "- inference keeps a constant-size recurrent state per block (no key/value cache)",
+        "- inference keeps a constant-size recurrent state per block (no key/value cache)"
+        if not attention
+        else "- inference keeps a constant-size state per recurrent block and a key/value cache (growing with the "
+        "context) per attention block",
         "",
         "## Training",
         "",

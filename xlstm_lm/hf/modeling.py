@@ -1,17 +1,19 @@
 """``XLSTMLMForCausalLM``: ``XLSTMLM`` as a transformers ``PreTrainedModel`` + ``GenerationMixin``.
 
 One wrapper serves every backbone (xLSTM[a:b] mixes, the xLSTM-7B layout, the
-classic LSTM family). Generation runs the prompt through the full-sequence path
-(parallel / chunkwise mLSTM, the sLSTM and classic loops) once, then feeds one
-token at a time on the carried state (``XLSTMLMCache``), so memory is constant in
-the number of generated tokens.
+classic LSTM family, Llama and hybrids with attention blocks). Generation runs the
+prompt through the full-sequence path (parallel / chunkwise mLSTM, the sLSTM and
+classic loops, causal attention) once, then feeds one token at a time on the carried
+state (``XLSTMLMCache``), so memory is constant in the number of generated tokens
+for recurrent blocks; attention blocks add one key/value position per token.
 
 Conventions that differ from ``XLSTMLM.forward``, as transformers expects them:
 
 * ``labels`` are shifted inside (``labels = input_ids`` trains next-token prediction);
 * ``attention_mask`` may be longer than ``input_ids`` (generate passes the mask of
   all positions so far); its last ``T`` columns belong to the inputs. Padding must
-  be on the left: padded positions leave every recurrent state untouched.
+  be on the left: padded positions leave every recurrent state untouched, and
+  attention blocks neither attend to them nor count them in rotary positions.
 
 The cache goes in and out under the name the installed transformers uses
 (``cache`` from 5.24 on, ``past_key_values`` before; ``forward`` accepts every name,
@@ -36,17 +38,18 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..layers.basic import soft_cap
-from ..models.blocks import ClassicBlock, MLSTM7BBlock, MLSTMBlock, SLSTMBlock
+from ..models.blocks import AttentionBlock, ClassicBlock, MLSTM7BBlock, MLSTMBlock, SLSTMBlock
 from ..models.lm import XLSTMLM
 from .cache import XLSTMLMCache
 from .compat import causal_lm_output, pick_cache
 from .configuration import XLSTMLMConfig
 
 
-#: Layer names for peft LoRA: xLSTM-7B blocks: q, k, v (cell inputs), out_proj (output
-#: projection), all nn.Linear; paper mLSTM blocks: proj_up, proj_down (nn.Linear) and the
-#: head-wise q_proj, k_proj, v_proj. Head-wise layers are block-diagonal HeadwiseLinear,
-#: which peft adapts only through our per-head LoRA layer: build the config as
+#: Layer names for peft LoRA: xLSTM-7B and attention blocks: q, k, v (cell / attention
+#: inputs), out_proj (output projection), all nn.Linear; paper mLSTM blocks: proj_up,
+#: proj_down (nn.Linear) and the head-wise q_proj, k_proj, v_proj. Head-wise layers are
+#: block-diagonal HeadwiseLinear, which peft adapts only through our per-head LoRA layer:
+#: build the config as
 #: register_headwise_lora(LoraConfig(target_modules=list(LORA_TARGET_MODULES), ...))
 #: (xlstm_lm.layers.lora), or peft stops with "Target module HeadwiseLinear(...) is not
 #: supported". Classic cells are not targeted. Add "ogate", "igate", "fgate" (nn.Linear in
@@ -67,6 +70,10 @@ class MLSTM7BBlockLayer(GradientCheckpointingLayer, MLSTM7BBlock):
     """``MLSTM7BBlock`` that transformers' activation-checkpointing switch reaches."""
 
 
+class AttentionBlockLayer(GradientCheckpointingLayer, AttentionBlock):
+    """``AttentionBlock`` that transformers' activation-checkpointing switch reaches."""
+
+
 class ClassicBlockLayer(GradientCheckpointingLayer, ClassicBlock):
     """``ClassicBlock`` that transformers' activation-checkpointing switch reaches."""
 
@@ -76,6 +83,7 @@ CHECKPOINTING_LAYERS = {
     MLSTMBlock: MLSTMBlockLayer,
     SLSTMBlock: SLSTMBlockLayer,
     MLSTM7BBlock: MLSTM7BBlockLayer,
+    AttentionBlock: AttentionBlockLayer,
     ClassicBlock: ClassicBlockLayer,
 }
 
@@ -85,7 +93,7 @@ class XLSTMLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    # The cache is a recurrent state: it cannot be cropped (no assisted decoding).
+    # The cache holds recurrent states: it cannot be cropped (no assisted decoding).
     _is_stateful = True
     _no_split_modules = [cls.__name__ for cls in CHECKPOINTING_LAYERS.values()]
     # Only used when config.tie_word_embeddings (derived from model.tie_embeddings).
@@ -178,8 +186,8 @@ class XLSTMLMForCausalLM(XLSTMLMPreTrainedModel, GenerationMixin):
         last positions, all if 0), the shifted-label loss, the hidden states (embedding
         output, then each block's, the last one after the final norm) when asked, and
         the updated cache when ``use_cache``, under the installed transformers' name
-        (``compat.CACHE_NAME``). ``attentions`` is always None: no block has attention
-        weights."""
+        (``compat.CACHE_NAME``). ``attentions`` is always None: recurrent blocks have no
+        attention weights, and attention blocks use fused SDPA, which does not form them."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         cache = pick_cache(cache=cache, past_key_values=past_key_values, cache_params=kwargs.pop("cache_params", None))

@@ -3,9 +3,11 @@
 - ``MLSTMBlock``:   x + mLSTM(norm(x))                           (paper, Fig. 10)
 - ``SLSTMBlock``:   x + sLSTM(norm(x)); x + GatedMLP(norm(x))    (paper, Fig. 9)
 - ``MLSTM7BBlock``: x + mLSTM7B(rmsnorm(x)); x + SwiGLU(rmsnorm(x))
+- ``AttentionBlock``: x + Attention(rmsnorm(x)); x + SwiGLU(rmsnorm(x))   (Llama)
 - ``ClassicBlock``: x + RNN(norm(x)), or the plain stacked RNN (no norm, no residual)
 
-A block's state is a flat tuple of tensors (see each layer); ``None`` is the empty state.
+A block's state is a flat tuple of tensors with the batch as dim 0 (see each layer;
+for attention it is the key/value cache, which grows); ``None`` is the empty state.
 ``mask (B, T)`` marks real tokens; masked (left-padding) tokens leave the state untouched.
 ``reset (B, T)`` marks tokens that start a new document; nothing before them reaches them.
 """
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..layers.attention import AttentionLayer
 from ..layers.basic import GatedFFN
 from ..layers.mlstm import MLSTM7BLayer, MLSTMLayer
 from ..layers.norms import make_norm
@@ -84,6 +87,33 @@ class MLSTM7BBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x)), state
 
 
+class AttentionBlock(nn.Module):
+    """The Llama decoder block. The norms are ``model.norm`` like every block's (the
+    Llama configs set rmsnorm); the SwiGLU width is ``ModelConfig.attention_ffn_dim``."""
+
+    def __init__(self, cfg: ModelConfig, idx: int):
+        super().__init__()
+        self.idx, self.num_blocks, self.d_model = idx, cfg.num_blocks, cfg.d_model
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        att = cfg.attention
+        self.attention = AttentionLayer(
+            cfg.d_model, att.num_heads, cfg.attention_kv_heads, att.rope_theta, cfg.bias, cfg.dropout
+        )
+        self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.ffn = GatedFFN(cfg.d_model, cfg.attention_ffn_dim, "swish", cfg.bias, cfg.dropout)
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.ffn_norm.reset_parameters()
+        self.attention.reset_parameters(self.num_blocks)
+        self.ffn.reset_parameters(self.d_model, self.num_blocks)
+
+    def forward(self, x, state=None, mask=None, reset=None):
+        y, state = self.attention(self.norm(x), state, mask, reset)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), state
+
+
 class ClassicBlock(nn.Module):
     """A classic recurrent layer as a block: pre-norm residual, or (residual=False)
     the plain stacked RNN of Zaremba et al. where the layer output is the next input."""
@@ -123,4 +153,6 @@ def build_block(cfg: ModelConfig, idx: int, kind: str) -> nn.Module:
         return SLSTMBlock(cfg, idx)
     if kind == "mlstm7b":
         return MLSTM7BBlock(cfg, idx)
+    if kind == "attention":
+        return AttentionBlock(cfg, idx)
     return ClassicBlock(cfg, idx, kind)

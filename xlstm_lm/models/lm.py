@@ -1,9 +1,11 @@
 """The language model: embedding -> residual block stack -> final norm -> LM head.
 
-Every backbone (xLSTM[a:b] mixes, the xLSTM-7B layout, the classic LSTM family)
-is this one class with a different ``ModelConfig``. ``forward`` takes and returns
-the recurrent state, so a long text can be processed piece by piece and
-generation steps one token at a time with constant memory.
+Every backbone (xLSTM[a:b] mixes, the xLSTM-7B layout, the classic LSTM family,
+Llama and hybrids with attention blocks) is this one class with a different
+``ModelConfig``. ``forward`` takes and returns the state (recurrent states, and the
+key/value cache of attention blocks), so a long text can be processed piece by piece
+and generation steps one token at a time (with constant memory when no block is
+attention).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..config import ModelConfig
 from ..extras import require
 from ..layers.basic import small_init_, soft_cap
 from ..layers.norms import make_norm
-from .blocks import MLSTM7BBlock, MLSTMBlock, SLSTMBlock, build_block
+from .blocks import AttentionBlock, MLSTM7BBlock, MLSTMBlock, SLSTMBlock, build_block
 
 State = list[tuple[torch.Tensor, ...]]
 
@@ -77,11 +79,13 @@ class XLSTMLM(nn.Module):
         ``labels (B, T)`` are aligned with the inputs (labels[:, t] is the target of
         position t; the caller shifts); -100 is ignored. ``attention_mask (B, T)``
         (1 = token, 0 = padding) makes padding tokens leave every recurrent state
-        untouched, so a left-padded batch continues exactly like each row alone
-        (padding must come before a row's tokens; the conv buffers take it as zeros).
+        untouched (attention neither attends to them nor counts them in positions), so
+        a left-padded batch continues exactly like each row alone (padding must come
+        before a row's tokens; the conv buffers take it as zeros).
         ``reset (B, T)`` bool marks tokens that start a new document (packed training
-        rows): every block discards its state before them and no causal-conv tap reaches
-        across them, so a packed row gives each document's logits as if run alone.
+        rows): every block discards its state before them, no causal-conv tap or
+        attention reaches across them and rotary positions restart there, so a packed
+        row gives each document's logits as if run alone.
         """
         self._check_inputs(input_ids, state, labels)
         mask = None
@@ -138,6 +142,10 @@ class XLSTMLM(nn.Module):
         except the embedding lookup; the LM head counts even when tied). Cell part:
         the mLSTM's per-token state update and readout (4 Dqk Dv per head) plus the
         intra-chunk attention-like term ((Dqk + Dv) L per head, causal half of 2 L).
+        Attention blocks: QK^T and AV, 2 FLOPs per multiply-add, over the causal half
+        (a token attends to seq_len / 2 positions on average), so 2 Dh seq_len per
+        query head: the mLSTM term with L = seq_len. (PaLM's 6N + 12 n_layer H Dh T counts
+        the full T x T square, twice this.) Grouped-query heads save no attention FLOPs.
         """
         dense = sum(p.numel() for n, p in self.named_parameters() if p.dim() >= 2 and not n.startswith("embedding."))
         if self.config.tie_embeddings:
@@ -157,6 +165,9 @@ class XLSTMLM(nn.Module):
                 cell += H * (4 * dqk * dv + (dqk + dv) * L)
             elif isinstance(block, SLSTMBlock):
                 cell += 30 * block.d_model  # pointwise gating per unit
+            elif isinstance(block, AttentionBlock):
+                layer = block.attention
+                cell += layer.num_heads * 2 * layer.head_dim * seq_len
         return 3.0 * (2.0 * dense + cell)
 
     @torch.no_grad()
