@@ -138,10 +138,11 @@ EXPECTED_PARAMS = {  # millions, with the embedding counted once (tied) for the 
 
 
 # configs/finetune/ holds run configs without a model section (the model comes from
-# --init-from); configs/accelerate/ holds `accelerate launch` files, not run configs.
+# --init-from); configs/accelerate/ holds `accelerate launch` files and configs/study/
+# tools/study.py files, not run configs.
 MODEL_CONFIGS = sorted(
     p for p in glob.glob("configs/**/*.yaml", recursive=True)
-    if "/_" not in p and "configs/finetune/" not in p and "configs/accelerate/" not in p
+    if "/_" not in p and "configs/finetune/" not in p and "configs/accelerate/" not in p and "configs/study/" not in p
 )
 
 
