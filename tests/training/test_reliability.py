@@ -287,3 +287,16 @@ def test_an_unreachable_hub_tokenizer_fails_at_once(monkeypatch):
     with pytest.raises(DataError, match="not cached, and the Hub cannot provide it.*ConnectionError.*local folder"):
         HFTokenizer("someone/not-cached-tokenizer")
     assert calls == [10]
+
+
+def test_eval_names_its_own_flag_for_an_empty_text_folder(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "eval"))
+    try:
+        import perplexity as eval_ppl
+
+        (tmp_path / "empty").mkdir()
+        assert eval_ppl.main([str(tmp_path), "--text", str(tmp_path / "empty")]) == 2
+    finally:
+        sys.path.remove(str(REPO / "eval"))
+    err = capsys.readouterr().err
+    assert "holds no text files" in err and "pass a single file with --text" in err and "--data" not in err
