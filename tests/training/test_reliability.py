@@ -300,3 +300,21 @@ def test_eval_names_its_own_flag_for_an_empty_text_folder(tmp_path, capsys):
         sys.path.remove(str(REPO / "eval"))
     err = capsys.readouterr().err
     assert "holds no text files" in err and "pass a single file with --text" in err and "--data" not in err
+
+
+def test_init_from_an_hf_folder_runs_none_of_its_code(tmp_path):
+    from xlstm_lm.training.init_from import resolve_init_source
+
+    marker = tmp_path / "ran.txt"
+    folder = tmp_path / "hf"
+    export_model(tiny_hf_model("ms", dtype=torch.float32, vocab_size=256), ByteTokenizer(), folder)
+    (folder / "tokenization_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_cfg["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    source = resolve_init_source(folder)
+    assert source.kind == "hf" and not marker.exists()
+    _evil_folder(tmp_path / "evil", marker)
+    with pytest.raises(ConfigError, match="model_type 'evil_lm'"):
+        resolve_init_source(tmp_path / "evil")
+    assert not marker.exists()
