@@ -102,10 +102,12 @@ def mlstm_recurrent(
     validate_reset(reset, (B, T), q.device)
     state = prepare_state(initial_state, B, H, Dqk, Dv, dtype, q.device)
     q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
+    # Unbind time once: indexing q[:, :, t] in the loop would make autograd build a
+    # full-size zero gradient for every step, a backward quadratic in T.
+    steps = zip(*(t.unbind(2) for t in (q, k, v, i, f)), [None] * T if reset is None else reset.unbind(1))
     hs = []
-    for t in range(T):
-        r = None if reset is None else reset[:, t]
-        h, state = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t], state, eps, reset=r)
+    for q_t, k_t, v_t, i_t, f_t, r_t in steps:
+        h, state = mlstm_step(q_t, k_t, v_t, i_t, f_t, state, eps, reset=r_t)
         hs.append(h)
     h = torch.stack(hs, dim=2) if hs else v.new_zeros(B, H, 0, Dv)
     h = h.to(in_dtype)

@@ -38,7 +38,8 @@ def mlstm_parallel_core(
     state: MLSTMState,
     eps: float,
     reset: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, MLSTMState]:
+    return_last_state: bool = True,
+) -> tuple[torch.Tensor, MLSTMState | None]:
     """Parallel form on prepared inputs (all in the computation dtype).
 
     Shapes: q, k ``(..., T, Dqk)``, v ``(..., T, Dv)``, i, logf ``(..., T)`` where
@@ -46,6 +47,8 @@ def mlstm_parallel_core(
     Leading dims may be (B, H) or (B, H, NC) (chunkwise). ``reset``: optional bool
     broadcastable to ``(..., T)`` (e.g. ``(B, 1, T)``), True where a token starts a
     new document; the given state is the memory entering the first token.
+    Returns h ``(..., T, Dv)`` and the final state, or None for it unless
+    ``return_last_state`` (it costs a ``(Dqk x T) @ (T x Dv)`` product per head).
     """
     C0, n0, m0 = state
     T = q.shape[-2]
@@ -78,6 +81,8 @@ def mlstm_parallel_core(
     num = S @ v + w[..., None] * (q_s @ C0)
     den = S.sum(dim=-1) + w * (q_s @ n0[..., None]).squeeze(-1)
     h = num / (torch.maximum(den.abs(), exp_neg_m(m)) + eps)[..., None]
+    if not return_last_state:
+        return h, None
     # Final state: the last row of the decay weights applied to k v^T.
     m_T = m[..., -1]
     d_T = D[..., -1, :]  # (..., T): exp(F_T - F_j + i_j - m_T)
@@ -104,7 +109,7 @@ def mlstm_parallel(
     Args:
         q, k: ``(B, H, T, Dqk)``; v: ``(B, H, T, Dv)``; i, f: ``(B, H, T)`` pre-activations.
         initial_state: optional ``(C (B, H, Dqk, Dv), n (B, H, Dqk), m (B, H))``.
-        return_last_state: also return the final state.
+        return_last_state: also return the final state (not computed otherwise).
         reset: optional bool ``(B, T)``, True where a token starts a new document
             (see ``naive.mlstm_recurrent``).
     Returns:
@@ -123,6 +128,6 @@ def mlstm_parallel(
         return (h, state) if return_last_state else h
     q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
     reset = None if reset is None else reset[:, None, :]
-    h, last = mlstm_parallel_core(q, k, v, i, F.logsigmoid(f), state, eps, reset)
+    h, last = mlstm_parallel_core(q, k, v, i, F.logsigmoid(f), state, eps, reset, return_last_state)
     h = h.to(in_dtype)
     return (h, last) if return_last_state else h

@@ -163,13 +163,21 @@ def slstm_recurrent(
         raise ValueError(f"sLSTM: mask must be (B, T) = {(B, T)}, got {tuple(mask.shape)}")
     validate_token_flags(reset, "reset", (B, T), wx.device)
     wx, R, b = wx.to(dtype), R.to(dtype), b.to(dtype)
+    # Unbind time once: indexing wx[:, t] in the loop would make autograd build a
+    # full-size zero gradient for every step, a backward quadratic in T.
+    no_flags = [None] * T
+    steps = zip(
+        wx.unbind(1),
+        no_flags if reset is None else reset.unbind(1),
+        no_flags if mask is None else mask.unbind(1),
+    )
     hs = []
-    for t in range(T):
-        if reset is not None:
-            state = apply_reset(state, reset[:, t])
-        new = slstm_step(wx[:, t], state, R, b, forget_gate)
-        if mask is not None:
-            keep = mask[:, t, None, None]
+    for wx_t, reset_t, mask_t in steps:
+        if reset_t is not None:
+            state = apply_reset(state, reset_t)
+        new = slstm_step(wx_t, state, R, b, forget_gate)
+        if mask_t is not None:
+            keep = mask_t[:, None, None]
             new = SLSTMState(*(torch.where(keep, a, o) for a, o in zip(new, state)))
         state = new
         hs.append(state.h)

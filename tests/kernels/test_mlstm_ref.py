@@ -266,6 +266,36 @@ def test_gradients_match_recurrent_fp64(form, case, dname, with_state):
         assert_close(g, g_ref, rtol, atol, f"{form} d{name}")
 
 
+@pytest.mark.parametrize("with_reset", [pytest.param(False, id="no-reset"), pytest.param(True, id="reset")])
+@pytest.mark.parametrize("group", [pytest.param(1, id="groups-of-1"), pytest.param(3, id="groups-of-3")])
+def test_chunkwise_chunk_groups_equal_one_pass(monkeypatch, group, with_reset):
+    """On CPU the chunkwise form runs its chunks in cache-sized groups
+    (``CPU_GROUP_ELEMENTS``); groups of one chunk, or of three with a shorter last group,
+    give the one-pass outputs, final state and every gradient. B2-T37-H3-Dqk8-Dv6-C8
+    (5 chunks, the last one padded), fp64, with an initial state."""
+    from xlstm_lm_kernels.mlstm import chunkwise_torch
+
+    case = CASES[0]
+    x, state = make_inputs(case, torch.float64, with_state=True, seed=11)
+    reset = torch.rand(case.B, case.T, generator=torch.Generator().manual_seed(3)) < 0.1 if with_reset else None
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (*x, *state)]
+        h, last = mlstm_chunkwise_torch(
+            *leaves[:5], MLSTMState(*leaves[5:]), return_last_state=True, chunk_size=case.chunk, reset=reset
+        )
+        loss = sum((out * w).sum() for out, w in zip((h, *last), _loss_weights(h.shape, case)))
+        return [h, *last, *torch.autograd.grad(loss, leaves)]
+
+    monkeypatch.setattr(chunkwise_torch, "CPU_GROUP_ELEMENTS", 2**62)
+    one_pass = run()
+    monkeypatch.setattr(chunkwise_torch, "CPU_GROUP_ELEMENTS", group * case.B * case.H * case.chunk**2)
+    grouped = run()
+    names = ("h", *MLSTMState._fields, *(f"d{n}" for n in GRAD_NAMES))
+    for name, a, e in zip(names, grouped, one_pass, strict=True):
+        assert_close(a, e, *TOL[torch.float64], f"groups of {group}: {name}")
+
+
 @pytest.mark.parametrize("form", [pytest.param(f, id=f"{f}-B1-T5-H1-Dqk3-Dv2-C2-fp64") for f in FORMS])
 def test_gradcheck_with_initial_state(form):
     """Finite differences on every input, initial (C, n, m) included; T = 5 with

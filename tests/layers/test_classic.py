@@ -4,8 +4,8 @@ References: ElmanRNN, LSTMForget and GRU are checked against torch.nn.RNN/LSTM/G
 (outputs, final states and every gradient); CuDNNLSTM against LSTMForget; LSTM1997
 against LSTMForget with its forget gate pinned open; PeepholeLSTM against a
 step-by-step reference written out gate by gate below. Every cell is also checked for
-the two-halves invariance, gradcheck (initial state and parameters included), bf16
-behaviour and its error messages.
+the two-halves invariance, gradcheck (initial state and parameters included), a
+backward linear in T (plain and masked paths), bf16 behaviour and its error messages.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from tests.helpers import assert_close
+from tests.helpers import assert_backward_linear_in_T, assert_close
 from xlstm_lm.layers.classic import (
     GRU,
     LSTM1997,
@@ -381,6 +381,25 @@ def test_gradcheck_inputs_state_and_parameters(name):
         return (out, *final)
 
     assert torch.autograd.gradcheck(fn, (x, *state, *params))
+
+
+@pytest.mark.parametrize("flags", ["plain", "mask-reset"])
+@pytest.mark.parametrize("name", ALL_CELLS)
+def test_backward_is_linear_in_sequence_length(name, flags):
+    """The time loops (plain, and the per-token path of masks and resets) walk inputs
+    unbound once: no step builds a zero gradient the size of the whole sequence."""
+
+    def loss(T):
+        g = torch.Generator().manual_seed(T)
+        layer = make_layer(name, 3, 4, torch.float32)
+        x = torch.randn(1, T, 3, generator=g).requires_grad_()
+        kw = {}
+        if flags == "mask-reset":
+            kw = {"mask": torch.rand(1, T, generator=g) < 0.9, "reset": torch.rand(1, T, generator=g) < 0.2}
+        out, final = layer(x, **kw)
+        return out.sum() + final[-1].sum()
+
+    assert_backward_linear_in_T(loss)
 
 
 @pytest.mark.parametrize("name", ALL_CELLS)

@@ -51,7 +51,10 @@ class RecurrentLayer(nn.Module):
 
     Subclasses set ``state_names`` and implement ``_project_inputs`` (the
     input-to-gates projection of all timesteps at once) and ``_step`` (one recurrent
-    step), or override ``_forward`` entirely (:class:`CuDNNLSTM`).
+    step); :class:`CuDNNLSTM` also overrides ``_forward`` with its fused sequence call.
+    The time loops walk tensors unbound once before the loop: indexing ``x[:, t]``
+    inside it would make autograd build a full-size zero gradient for every step, a
+    backward quadratic in T.
     """
 
     state_names: ClassVar[tuple[str, ...]] = ("h",)
@@ -131,16 +134,22 @@ class RecurrentLayer(nn.Module):
     def _forward_masked(
         self, x_BTI: Tensor, state: State, mask_BT: Tensor | None, reset_BT: Tensor | None = None
     ) -> tuple[Tensor, State]:
-        # Step one token at a time through the unmasked path: zero the entering state
-        # where a document starts, keep the old state where the mask is False.
+        # One recurrent step per token: zero the entering state where a document
+        # starts, keep the old state where the mask is False.
+        no_flags = [None] * x_BTI.shape[1]
+        steps = zip(
+            self._project_inputs(x_BTI).unbind(1),
+            no_flags if reset_BT is None else reset_BT.unbind(1),
+            no_flags if mask_BT is None else mask_BT.unbind(1),
+        )
         h_list = []
-        for t in range(x_BTI.shape[1]):
-            if reset_BT is not None:
-                r = reset_BT[:, t, None]
+        for xp_BG, reset_B, mask_B in steps:
+            if reset_B is not None:
+                r = reset_B[:, None]
                 state = tuple(torch.where(r, torch.zeros_like(s), s) for s in state)
-            _, new = self._forward(x_BTI[:, t : t + 1], state)
-            if mask_BT is not None:
-                keep = mask_BT[:, t, None]
+            new = self._step(xp_BG, state)
+            if mask_B is not None:
+                keep = mask_B[:, None]
                 new = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
             state = new
             h_list.append(state[0])
@@ -149,10 +158,9 @@ class RecurrentLayer(nn.Module):
     def _forward(self, x_BTI: Tensor, state: State) -> tuple[Tensor, State]:
         # The input projection of every timestep is one matmul; only the recurrent
         # part is sequential.
-        xp_BTG = self._project_inputs(x_BTI)
         h_list = []
-        for t in range(x_BTI.shape[1]):
-            state = self._step(xp_BTG[:, t], state)
+        for xp_BG in self._project_inputs(x_BTI).unbind(1):
+            state = self._step(xp_BG, state)
             h_list.append(state[0])
         return torch.stack(h_list, dim=1), state
 
@@ -678,6 +686,14 @@ class CuDNNLSTM(RecurrentLayer):
         # torch.nn.LSTM wants [num_layers, B, H] states.
         h_BTH, (h_1BH, c_1BH) = self.lstm(x_BTI, (h_BH.unsqueeze(0), c_BH.unsqueeze(0)))
         return h_BTH, (h_1BH.squeeze(0), c_1BH.squeeze(0))
+
+    # The masked/reset path steps token by token: one nn.LSTM call per token, on the
+    # raw input (nn.LSTM projects it itself).
+    def _project_inputs(self, x_BTI: Tensor) -> Tensor:
+        return x_BTI
+
+    def _step(self, x_BI: Tensor, state: State) -> State:
+        return self._forward(x_BI.unsqueeze(1), state)[1]
 
     def extra_repr(self) -> str:
         return f"forget_bias={self.forget_bias}"
