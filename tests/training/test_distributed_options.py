@@ -42,6 +42,7 @@ def runs(tmp_path_factory):
     write_shards(DOCS, ByteTokenizer(), root / "shards")
     launch_runs(root, [
         {"name": "plain"},
+        {"name": "keep", "overrides": {"train": {"max_steps": 4, "save_every": 1, "keep_last": 2}}},
         {"name": "ckpt", "overrides": _distributed(activation_checkpointing=True)},
         {"name": "bf16", "overrides": _distributed(precision="bf16")},
         {"name": "bf16-z2", "overrides": _distributed(precision="bf16", zero_stage=2)},
@@ -51,6 +52,12 @@ def runs(tmp_path_factory):
          "poison": [{"rank": 0, "calls": [3], "kind": "loss"}, {"rank": 0, "calls": [6], "kind": "grad"}]},
     ], root / "shards", nproc=0)
     return root
+
+
+def test_keep_last_prunes_deepspeed_checkpoints(runs):
+    ckpt_dir = runs / "keep" / "deepspeed"
+    assert sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir()) == ["step_0000003", "step_0000004"]
+    assert (ckpt_dir / "latest").read_text().strip() == "step_0000004"
 
 
 def test_activation_checkpointing_gives_the_same_losses(runs):

@@ -56,6 +56,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -488,14 +489,14 @@ def train_distributed(
                 flag = torch.tensor([float(stop.requested)], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 if flag.item() > 0 and step < tc.max_steps:
-                    if save_if_healthy(engine, ckpt_dir, step, loader, health, device, bar, metrics):
+                    if save_if_healthy(engine, ckpt_dir, step, loader, health, device, bar, metrics, tc.keep_last):
                         last_saved = step
                     if rank == 0:
                         bar.write(f"stopped by a signal at step {step}; newest checkpoint step {last_saved}; "
                                   "continue with --resume")
                     break
                 if step % tc.save_every == 0 or step == tc.max_steps:
-                    if save_if_healthy(engine, ckpt_dir, step, loader, health, device, bar, metrics):
+                    if save_if_healthy(engine, ckpt_dir, step, loader, health, device, bar, metrics, tc.keep_last):
                         last_saved = step
             else:
                 problem = health.problem() or (
@@ -664,8 +665,11 @@ def _oom_message(cfg: RunConfig, world: int, micro: int, accum: int, device: tor
     )
 
 
-def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader | SFTRankLoader, health: RunHealth | None = None) -> None:
-    """DeepSpeed checkpoint of every rank's shard; loader positions of all ranks ride along."""
+def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader | SFTRankLoader, health: RunHealth | None = None,
+         keep_last: int | None = None) -> None:
+    """DeepSpeed checkpoint of every rank's shard; loader positions of all ranks ride along.
+    Then rank 0 deletes all but the newest ``keep_last`` tags (``train.keep_last``, as in
+    the single-process loop; never the one ``latest`` names)."""
     positions: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(positions, loader.state_dict())
     tag = f"step_{step:07d}"
@@ -675,9 +679,22 @@ def save(engine, ckpt_dir: Path, step: int, loader: PackedLoader | SFTRankLoader
     if dist.get_rank() == 0:
         # read before DeepSpeed loads anything on resume (a world-size mismatch fails there obscurely)
         (ckpt_dir / tag / RUN_STATE).write_text(json.dumps({"step": step, "world_size": len(positions)}) + "\n")
+        if keep_last is not None:
+            prune_tags(ckpt_dir, keep_last)
+    dist.barrier()
 
 
-def save_if_healthy(engine, ckpt_dir: Path, step: int, loader, health: RunHealth, device: torch.device, bar, metrics) -> bool:
+def prune_tags(ckpt_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoint tags (never the latest)."""
+    latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else None
+    tags = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for old in tags[: max(0, len(tags) - keep_last)]:
+        if old.name != latest:
+            shutil.rmtree(old)
+
+
+def save_if_healthy(engine, ckpt_dir: Path, step: int, loader, health: RunHealth, device: torch.device, bar, metrics,
+                    keep_last: int | None = None) -> bool:
     """``save`` unless some rank holds NaN/Inf weights or the loss is diverging (then the
     newest checkpoint stays the last healthy one, which ``--resume`` takes); returns
     whether it saved. Every rank checks its own parameters (its partition under ZeRO-3)."""
@@ -692,7 +709,7 @@ def save_if_healthy(engine, ckpt_dir: Path, step: int, loader, health: RunHealth
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     problem = "NaN/Inf weights" if flag.item() > 0 else health.problem()
     if problem is None:
-        save(engine, ckpt_dir, step, loader, health)
+        save(engine, ckpt_dir, step, loader, health, keep_last)
         return True
     if dist.get_rank() == 0:
         bar.write(f"step {step}: checkpoint not written ({problem}); the newest checkpoint stays the last healthy one")
