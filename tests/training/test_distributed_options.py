@@ -105,13 +105,15 @@ def test_train_py_with_shards_runs_the_deepspeed_loop_in_one_process(tmp_path):
     run = tmp_path / "run"
     args = ["--init-from", str(tmp_path / "source"), "--run-dir", str(run), f"data.shards={tmp_path / 'shards'}",
             "train.max_steps=2", "train.batch_size=4", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1",
-            "train.warmup_steps=0", "train.sample_tokens=0"]
+            "train.warmup_steps=0", "train.sample_tokens=12", "train.sample_prompt=doc"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run / "deepspeed" / "latest").read_text().strip() == "step_0000002"
     assert f"init-from: weights of checkpoint {tmp_path / 'source' / 'checkpoints' / 'step_0000000'}" in proc.stdout
+    # the end-of-run sample, as in the single-process loop (train.sample_* are not ignored)
+    assert "--- sample (12 tokens from 'doc') ---\ndoc" in proc.stdout
     batch = PackedLoader(TokenShards.open(tmp_path / "shards"), 16, 4, 0).next_batch()
     expected = source(batch.input_ids, labels=batch.labels, reset=batch.reset).loss.item()
     first = json.loads((run / "losses.jsonl").read_text().splitlines()[0])
@@ -121,3 +123,21 @@ def test_train_py_with_shards_runs_the_deepspeed_loop_in_one_process(tmp_path):
                           ROOT / "configs" / "tiny.yaml")
     assert raw["model"]["d_model"] == 32 and raw["train"]["max_steps"] == 3
     assert raw["data"]["shards"] == str(tmp_path / "shards") and raw["train"]["init_from"] == str(tmp_path / "source")
+
+
+def test_settings_of_the_other_loop_are_refused_by_name(tmp_path, capsys):
+    from xlstm_lm.training.cli import main
+
+    write_shards(DOCS, ByteTokenizer(), tmp_path / "shards")
+    text = tmp_path / "text.txt"
+    text.write_text("abc def " * 2000)
+    # one process on text: train.distributed.* would be ignored
+    assert main(["--data", str(text), "--run-dir", str(tmp_path / "a"), "train.distributed.zero_stage=2"]) == 2
+    err = capsys.readouterr().err
+    assert "train.distributed is set (train.distributed.zero_stage: 0 != 2)" in err and "data.shards" in err
+    # the DeepSpeed loop: its precision knob is train.distributed.precision
+    assert main(["--run-dir", str(tmp_path / "b"), f"data.shards={tmp_path / 'shards'}", "train.dtype=bfloat16"]) == 2
+    assert "set train.distributed.precision=bf16" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["--run-dir", str(tmp_path / "c"), f"data.shards={tmp_path / 'shards'}", "train.device=cuda"]) == 2
+        assert "no CUDA device is visible" in capsys.readouterr().err

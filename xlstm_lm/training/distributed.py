@@ -85,7 +85,7 @@ from .launch_env import preflight
 from .monitor import MetricsLog, format_mfu, json_line, mfu, peak_flops
 from .optim import build_optimizer, lr_at, z_loss
 from .checkpoint import MODEL_FILE, nonfinite_weights
-from .trainer import METRICS_FILE, check_resume_config, default_model_factory
+from .trainer import METRICS_FILE, check_resume_config, default_model_factory, sample_text
 
 DEEPSPEED_FEATURE = "the DeepSpeed training loop (data.shards, data.sft, train.distributed or a multi-process launcher)"
 
@@ -280,7 +280,7 @@ class _Data:
     loader: PackedLoader | SFTRankLoader
     vocab_size: int
     tokenizer: Any
-    """The run's tokenizer (for the --init-from check), loaded only when needed."""
+    """The run's tokenizer (the --init-from check, the sample), loaded only when needed."""
     val: TokenShards | PackedBatch | None
     summary: str
 
@@ -292,7 +292,8 @@ def _load_data(cfg: RunConfig, micro: int, rank: int, world: int, run_dir: Path,
         shards = TokenShards.open(cfg.data.shards)
         loader = PackedLoader(shards, tc.seq_len, micro, tc.seed, rank, world)
         val = TokenShards.open(cfg.data.val_shards) if cfg.data.val_shards else None
-        tokenizer = shards.tokenizer() if init is not None else None
+        # the tokenizer: for the --init-from check and the end-of-run sample
+        tokenizer = shards.tokenizer() if init is not None or tc.sample_tokens > 0 else None
         summary = (f"data: shards {cfg.data.shards}: {shards.num_tokens:,} tokens, "
                    f"{loader.num_rows:,} rows of {tc.seq_len}")
         return _Data(loader, int(shards.manifest["vocab_size"]), tokenizer, val, summary)
@@ -313,6 +314,24 @@ def _load_data(cfg: RunConfig, micro: int, rank: int, world: int, run_dir: Path,
         sft = prepare_sft_data(cfg, run_dir, run_dir, init)
     loader = SFTRankLoader(sft.windows.rows, micro, tc.seed, rank, world)
     return _Data(loader, sft.tokenizer.vocab_size, sft.tokenizer, sft.val, sft.summary)
+
+
+def _refuse_single_process_settings(cfg: RunConfig) -> None:
+    """Settings of the single-process loop that mean something else here are errors that
+    name the setting to use, never silently ignored (issue 11: one meaning everywhere)."""
+    tc, dc = cfg.train, cfg.train.distributed
+    if tc.dtype == "bfloat16" and dc.precision != "bf16":
+        raise ConfigError(
+            f"train.dtype=bfloat16 with train.distributed.precision={dc.precision}: the DeepSpeed loop trains in "
+            "train.distributed.precision; set train.distributed.precision=bf16"
+        )
+    if tc.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda, but no CUDA device is visible; use train.device=auto or cpu")
+    if tc.device == "cpu" and torch.cuda.is_available():
+        raise ConfigError(
+            "train.device=cpu, but the DeepSpeed loop runs on the launcher's CUDA devices when there are any; "
+            "hide them (CUDA_VISIBLE_DEVICES=) to train on the CPU, or use train.device=auto"
+        )
 
 
 def _check_precision(precision: str) -> None:
@@ -356,6 +375,7 @@ def train_distributed(
         )
     if cfg.data.shards is not None and cfg.data.sft is not None:
         raise ConfigError("set one of data.shards (pretraining) and data.sft (supervised fine-tuning), not both")
+    _refuse_single_process_settings(cfg)
     rank, world, device = init_process_group()
     _check_precision(dc.precision)
     run_dir = Path(tc.run_dir)
@@ -512,6 +532,11 @@ def train_distributed(
         bar.close()
         if metrics is not None:
             metrics.close()
+    if step >= tc.max_steps and tc.sample_tokens > 0 and data.tokenizer is not None:
+        # every rank generates (ZeRO-3 gathers weights collectively); rank 0 prints
+        text = sample_text(engine.module, data.tokenizer, tc.sample_prompt, tc.sample_tokens, tc.seed, device)
+        if rank == 0:
+            print(f"--- sample ({tc.sample_tokens} tokens from {tc.sample_prompt!r}) ---\n{text}\n---")
     return losses
 
 

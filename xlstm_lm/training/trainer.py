@@ -53,7 +53,14 @@ from .checkpoint import (
     load_checkpoint_weights,
     save_checkpoint,
 )
-from .config import RunConfig, build_run_config, config_differences, resolve_vocab_size, vocab_size_is_explicit
+from .config import (
+    DistributedConfig,
+    RunConfig,
+    build_run_config,
+    config_differences,
+    resolve_vocab_size,
+    vocab_size_is_explicit,
+)
 from .faults import BadStepGuard, RunHealth, StopSignals, TrainingDiverged, divergence_advice, nonfinite_parameters, oom_message
 from .optim import build_optimizer, lr_at, z_loss
 from .finetune import prepare_sft_data, run_tokenizer, split_batch
@@ -173,6 +180,13 @@ def train(
     tc = cfg.train
     # launcher settings and wandb availability: refused before any work
     preflight(cfg, distributed=False)
+    ignored = config_differences(DistributedConfig(), tc.distributed, "train.distributed")
+    if ignored:
+        raise ConfigError(
+            f"train.distributed is set ({'; '.join(ignored)}) but this run trains in one process on text data, which "
+            "the DeepSpeed loop does not read: use token shards (data.shards) or SFT data (data.sft) with it, set "
+            "train.distributed.enabled=true with those, or leave the train.distributed section out"
+        )
     if cfg.data.shards is not None:
         raise ConfigError(
             "data.shards is read by the DeepSpeed loop (training.distributed.train_distributed, which "
@@ -493,26 +507,35 @@ class Trainer:
         self.last_checkpoint_step = step
         return self.last_checkpoint
 
-    @torch.no_grad()
     def sample(self, prompt: str, num_tokens: int) -> str:
         """``prompt`` followed by ``num_tokens`` sampled tokens (cut at end-of-document)."""
-        ids = self.tokenizer.encode(prompt)
-        if not ids:
-            if self.tokenizer.eos_id is None:
-                return prompt
-            ids = [self.tokenizer.eos_id]
-        self.model.eval()
-        generator = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed)
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self.autocast():
-            out = self.model.generate(input_ids, max_new_tokens=num_tokens, temperature=SAMPLE_TEMPERATURE, generator=generator)
-        self.model.train()
-        new = out[0, len(ids):].tolist()
-        if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in new:
-            new = new[: new.index(self.tokenizer.eos_id)]
-        # Ids past the tokenizer's vocabulary (padding rows of a larger model.vocab_size) have no text.
-        new = [i for i in new if i < self.tokenizer.vocab_size]
-        return prompt + self.tokenizer.decode(new)
+            return sample_text(self.model, self.tokenizer, prompt, num_tokens, self.cfg.train.seed, self.device)
 
 
-__all__ = ["METRICS_FILE", "TrainResult", "Trainer", "TrainingDiverged", "default_model_factory", "train"]
+@torch.no_grad()
+def sample_text(model: nn.Module, tokenizer: Tokenizer, prompt: str, num_tokens: int, seed: int,
+                device: torch.device) -> str:
+    """The end-of-run sample of both loops: ``prompt`` and ``num_tokens`` tokens sampled at
+    ``SAMPLE_TEMPERATURE`` (seeded; cut at end-of-document). Under ZeRO-3 every rank
+    must call it (the forward gathers the partitioned weights); all get the same text."""
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        if tokenizer.eos_id is None:
+            return prompt
+        ids = [tokenizer.eos_id]
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    out = model.generate(input_ids, max_new_tokens=num_tokens, temperature=SAMPLE_TEMPERATURE, generator=generator)
+    model.train(was_training)
+    new = out[0, len(ids):].tolist()
+    if tokenizer.eos_id is not None and tokenizer.eos_id in new:
+        new = new[: new.index(tokenizer.eos_id)]
+    # Ids past the tokenizer's vocabulary (padding rows of a larger model.vocab_size) have no text.
+    new = [i for i in new if i < tokenizer.vocab_size]
+    return prompt + tokenizer.decode(new)
+
+
+__all__ = ["METRICS_FILE", "TrainResult", "Trainer", "TrainingDiverged", "default_model_factory", "sample_text", "train"]
