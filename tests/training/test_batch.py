@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from xlstm_lm.data.batch import PackedBatch, token_dtype
@@ -29,3 +30,28 @@ def test_shards_and_sft_rows_yield_the_same_batch_type(tmp_path):
         inputs, labels, extra = split_batch(batch)
         assert inputs is batch.input_ids and labels is batch.labels and extra == {"reset": batch.reset}
     assert shard_batch.rows is not None and len(shard_batch[:1].rows) == 1
+
+
+def test_validation_loss_is_per_trained_target_in_the_single_process_loop(tmp_path):
+    """The DeepSpeed loop's definition (evaluate_rows): rows weigh by their trained targets."""
+    import torch.nn.functional as F
+
+    from xlstm_lm.config_utils import apply_overrides, load_yaml
+    from xlstm_lm.models import XLSTMLM
+    from xlstm_lm.training.config import build_run_config
+    from xlstm_lm.training.trainer import Trainer
+    from tests.training.test_train import SHRINK, TINY
+
+    cfg = build_run_config(apply_overrides(load_yaml(TINY), [*SHRINK, "train.batch_size=2"]))
+    torch.manual_seed(0)
+    model = XLSTMLM(cfg.model)
+    ids = torch.randint(0, 256, (2, 16))
+    labels = ids.clone()
+    labels[0, :14] = -100  # row 0: 2 targets; row 1: 16
+    val = PackedBatch(ids, labels, torch.zeros(2, 16, dtype=torch.bool))
+    trainer = Trainer(cfg, model, torch.optim.AdamW(model.parameters()), ByteTokenizer(), None, val,
+                      torch.device("cpu"), tmp_path, None, progress=False)
+    with torch.no_grad():
+        logits = model(ids).logits
+    expected = F.cross_entropy(logits.reshape(-1, 256), labels.reshape(-1), ignore_index=-100).item()
+    assert trainer.evaluate() == pytest.approx(expected, rel=1e-6)

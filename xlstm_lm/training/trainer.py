@@ -473,7 +473,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean next-token cross-entropy over the fixed validation windows."""
+        """Mean next-token cross-entropy per trained target over the fixed validation set
+        (the DeepSpeed loop's definition too: SFT rows weigh by their answer tokens, not
+        one row one vote; for text windows, where every position is a target, the same)."""
         self.model.eval()
         total, count = 0.0, 0
         for batch in iter_batches(self.val, self.cfg.train.batch_size):
@@ -481,10 +483,12 @@ class Trainer:
             with self.autocast():
                 inputs, labels, extra = split_batch(batch)
                 loss = self.model(inputs, labels=labels, **extra).loss
-            total += loss.float().item() * batch.shape[0]
-            count += batch.shape[0]
+            n = int((labels != -100).sum())
+            if n:
+                total += loss.float().item() * n
+                count += n
         self.model.train()
-        return total / count
+        return total / max(count, 1)
 
     def save(self, step: int) -> Path | None:
         """Write checkpoint ``step``, unless the weights hold NaN/Inf or the loss is diverging
