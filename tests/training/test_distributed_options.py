@@ -1,7 +1,7 @@
 """The DeepSpeed loop in one CPU process: run options (activation checkpointing gives the
 same losses, bf16 trains, fp16 is a clear config error where the CPU lacks it), NaN/Inf
 skipping on ZeRO-0 in fp32 (checked by the loop itself, DeepSpeed does not), and
-``python train.py data.shards=...`` routed to this loop without a launcher.
+``python train.py data.shards=... train.distributed.enabled=true`` (this loop without a launcher).
 
 The ds_worker runs share one plain-python launch (the module fixture).
 """
@@ -96,7 +96,7 @@ def test_nan_and_inf_steps_are_skipped_with_zero0_fp32(runs):
 
 @torch.no_grad()
 def test_train_py_with_shards_runs_the_deepspeed_loop_in_one_process(tmp_path):
-    """No launcher, no train.distributed.enabled: data.shards alone picks the DeepSpeed loop;
+    """No launcher, train.distributed.enabled: the DeepSpeed loop in one process on shards;
     --init-from continues pretraining from a checkpoint; --resume finds the run's config."""
     write_shards(DOCS, ByteTokenizer(), tmp_path / "shards")
     torch.manual_seed(123)
@@ -105,7 +105,7 @@ def test_train_py_with_shards_runs_the_deepspeed_loop_in_one_process(tmp_path):
     run = tmp_path / "run"
     args = ["--init-from", str(tmp_path / "source"), "--run-dir", str(run), f"data.shards={tmp_path / 'shards'}",
             "train.max_steps=2", "train.batch_size=4", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1",
-            "train.warmup_steps=0", "train.sample_tokens=12", "train.sample_prompt=doc"]
+            "train.warmup_steps=0", "train.sample_tokens=12", "train.sample_prompt=doc", "train.distributed.enabled=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=240)
@@ -134,10 +134,12 @@ def test_settings_of_the_other_loop_are_refused_by_name(tmp_path, capsys):
     # one process on text: train.distributed.* would be ignored
     assert main(["--data", str(text), "--run-dir", str(tmp_path / "a"), "train.distributed.zero_stage=2"]) == 2
     err = capsys.readouterr().err
-    assert "train.distributed is set (train.distributed.zero_stage: 0 != 2)" in err and "data.shards" in err
+    assert "train.distributed is set (train.distributed.zero_stage: 0 != 2)" in err and "train.distributed.enabled=true" in err
     # the DeepSpeed loop: its precision knob is train.distributed.precision
-    assert main(["--run-dir", str(tmp_path / "b"), f"data.shards={tmp_path / 'shards'}", "train.dtype=bfloat16"]) == 2
+    assert main(["--run-dir", str(tmp_path / "b"), f"data.shards={tmp_path / 'shards'}", "train.distributed.enabled=true",
+                 "train.dtype=bfloat16"]) == 2
     assert "set train.distributed.precision=bf16" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main(["--run-dir", str(tmp_path / "c"), f"data.shards={tmp_path / 'shards'}", "train.device=cuda"]) == 2
+        assert main(["--run-dir", str(tmp_path / "c"), f"data.shards={tmp_path / 'shards'}", "train.distributed.enabled=true",
+                     "train.device=cuda"]) == 2
         assert "no CUDA device is visible" in capsys.readouterr().err

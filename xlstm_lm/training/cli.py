@@ -27,7 +27,7 @@ examples:
   python train.py --init-from runs/mine --data more.txt --run-dir runs/cont    # continued pretraining
   python train.py --init-from hf/tiny --config configs/finetune/sft_example.yaml data.sft.path=sft.jsonl
                                                     # supervised fine-tuning (add train.lora.r=8 for LoRA)
-  python train.py data.shards=data/shards --run-dir runs/s   # token shards: the DeepSpeed loop, one process
+  python train.py data.shards=data/shards --run-dir runs/s   # token shards in one process (no DeepSpeed)
   torchrun --nproc_per_node 8 train.py --config configs/deepspeed/zero2.yaml data.shards=data/shards
                                                     # DeepSpeed ZeRO on 8 GPUs (--init-from, data.sft, LoRA too)
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None, default_config: str | Path = "configs/ti
             lock = RunLock(run_dir).acquire()
             remove_stale_temporaries(run_dir)
         if wants_distributed(cfg):
-            # Under a launcher, with train.distributed.enabled, or for data.shards (one process).
+            # Under a launcher or with train.distributed.enabled.
             try:
                 train_distributed(raw, resume=args.resume)
             finally:

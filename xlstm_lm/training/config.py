@@ -171,8 +171,8 @@ class DataConfig:
     max_bytes: int | None = None
     """Read at most this many bytes of the corpus (None: all of a user corpus, 4 MB of the built-in one)."""
     shards: str | None = None
-    """A folder of token shards from tools/prepare_data.py (the DeepSpeed loop reads it, in one process
-    when train.py runs without a launcher; packed rows with document resets)."""
+    """A folder of token shards from tools/prepare_data.py (packed rows with document resets); read by
+    the single-process loop under a plain train.py and by the DeepSpeed loop under a launcher."""
     sft: SFTConfig | None = None
     """Supervised fine-tuning on JSONL instruction data instead of the text corpus (see data.sft)."""
     val_shards: str | None = None

@@ -1,8 +1,9 @@
 """Multi-process training with DeepSpeed (ZeRO 0-3) on packed token shards or SFT rows.
 
 Launch with ``deepspeed train.py ...`` or ``torchrun --nproc_per_node N train.py ...``
-(RANK / WORLD_SIZE / LOCAL_RANK from the launcher; gloo on CPU, nccl on CUDA). A
-``data.shards`` run started as a plain ``python train.py`` runs here in one process.
+(RANK / WORLD_SIZE / LOCAL_RANK from the launcher; gloo on CPU, nccl on CUDA), or set
+``train.distributed.enabled=true`` to run it in one process; a plain ``python train.py``
+on token shards or SFT data trains in the single-process loop, without DeepSpeed.
 
 ``apply_run_options`` is the one place where run options touch the model, in this
 order: (1) activation checkpointing per block, (2) torch.compile per block,
@@ -95,14 +96,10 @@ RUN_STATE = "xlstm_lm_state.json"
 
 
 def wants_distributed(cfg: RunConfig) -> bool:
-    """Whether ``train.py`` runs this loop: under a launcher (WORLD_SIZE > 1), with
-    ``train.distributed.enabled``, or for ``data.shards`` (which only this loop reads;
-    a plain ``python train.py`` then runs it in one process)."""
-    return (
-        cfg.train.distributed.enabled
-        or int(os.environ.get("WORLD_SIZE", "1")) > 1
-        or cfg.data.shards is not None
-    )
+    """Whether ``train.py`` runs this loop: under a launcher (WORLD_SIZE > 1) or with
+    ``train.distributed.enabled``. Token shards and SFT data in a plain ``python train.py``
+    train in the single-process loop, without DeepSpeed."""
+    return cfg.train.distributed.enabled or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def build_deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:

@@ -43,7 +43,9 @@ from ..config import ModelConfig
 from ..models import XLSTMLM
 from ..config_utils import ConfigError, to_dict
 from ..data.corpus import corpus_bytes, load_corpus, split_documents
+from ..data.batch import PackedBatch
 from ..data.dataset import TrainWindows, iter_batches, tokenize_splits, unigram_perplexity, val_windows
+from ..data.shards import PackedLoader, TokenShards
 from ..data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from .checkpoint import (
     TOKENIZER_DIR,
@@ -126,7 +128,7 @@ class _Data:
     tokenizer: Tokenizer
     windows: TrainWindows
     val: torch.Tensor
-    unigram_ppl: float
+    unigram_ppl: float | None
     summary: str
 
 
@@ -158,6 +160,23 @@ def _prepare_data(cfg: RunConfig, run_dir: Path, ckpt: Path | None, tokenizer: T
     return _Data(tokenizer, windows, val, unigram_ppl, summary)
 
 
+def _prepare_shards(cfg: RunConfig) -> _Data:
+    """Token shards (``tools/prepare_data.py``) in one process: the packed loader of rank 0
+    of 1 (resumable), the shards' tokenizer, and ``train.eval_batches`` fixed batches of
+    ``data.val_shards`` as the validation set (none without them)."""
+    tc = cfg.train
+    shards = TokenShards.open(cfg.data.shards)
+    loader = PackedLoader(shards, tc.seq_len, tc.batch_size, tc.seed)
+    val = None
+    if cfg.data.val_shards:
+        held_out = PackedLoader(TokenShards.open(cfg.data.val_shards), tc.seq_len, tc.batch_size, seed=0)
+        parts = [held_out.next_batch() for _ in range(min(tc.eval_batches, held_out.batches_per_epoch))]
+        val = PackedBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in ("input_ids", "labels", "reset")))
+    summary = (f"data: shards {cfg.data.shards}: {shards.num_tokens:,} tokens, {loader.num_rows:,} rows of {tc.seq_len}"
+               + (f"; validation {val.shape[0]} rows of {cfg.data.val_shards}" if val is not None else "; no data.val_shards"))
+    return _Data(shards.tokenizer(), loader, val, None, summary)
+
+
 def train(
     raw_config: dict[str, Any],
     *,
@@ -183,15 +202,9 @@ def train(
     ignored = config_differences(DistributedConfig(), tc.distributed, "train.distributed")
     if ignored:
         raise ConfigError(
-            f"train.distributed is set ({'; '.join(ignored)}) but this run trains in one process on text data, which "
-            "the DeepSpeed loop does not read: use token shards (data.shards) or SFT data (data.sft) with it, set "
-            "train.distributed.enabled=true with those, or leave the train.distributed section out"
-        )
-    if cfg.data.shards is not None:
-        raise ConfigError(
-            "data.shards is read by the DeepSpeed loop (training.distributed.train_distributed, which "
-            "train.py runs for it, in one process or under a launcher), not by this single-process "
-            "trainer; here train on text with data.path"
+            f"train.distributed is set ({'; '.join(ignored)}) but this run trains in one process without DeepSpeed: "
+            "set train.distributed.enabled=true (token shards or SFT data) or run under a launcher, or leave the "
+            "train.distributed section out"
         )
     run_dir = Path(tc.run_dir)
     # a resume reads the weights too: one with NaN/Inf falls back to the newest usable checkpoint
@@ -208,6 +221,8 @@ def train(
 
     if cfg.data.sft is not None:
         data = prepare_sft_data(cfg, run_dir, ckpt, init)
+    elif cfg.data.shards is not None:
+        data = _prepare_shards(cfg)
     else:
         data = _prepare_data(cfg, run_dir, ckpt, run_tokenizer(cfg, run_dir, ckpt, init))
     if init is not None and ckpt is None:
@@ -243,10 +258,11 @@ def train(
         f"model: {n_params / 1e6:.2f}M parameters ({n_body / 1e6:.2f}M without embeddings), "
         f"vocab {cfg.model.vocab_size}; device {device}, {tc.dtype}; run dir {run_dir}"
     )
-    print(f"unigram baseline (train-split token frequencies): val perplexity {data.unigram_ppl:.2f}")
+    if data.unigram_ppl is not None:
+        print(f"unigram baseline (train-split token frequencies): val perplexity {data.unigram_ppl:.2f}")
     metrics = MetricsLog.from_config(run_dir / METRICS_FILE, cfg, resume_step=step if ckpt is not None else None)
     try:
-        if ckpt is None:
+        if ckpt is None and data.unigram_ppl is not None:
             metrics.log(step=0, split="val", kind="unigram_baseline", ppl=data.unigram_ppl)
         else:
             print(f"resumed from {ckpt} at step {step}")
@@ -267,7 +283,8 @@ def train(
     if result.val_loss is not None:
         print(
             f"done: step {result.step}, val loss {result.val_loss:.4f}, ppl {result.val_ppl:.2f} "
-            f"(unigram {data.unigram_ppl:.2f}); {result.wall_s:.0f} s; checkpoint {result.checkpoint}"
+            f"(unigram {data.unigram_ppl if data.unigram_ppl is not None else float('nan'):.2f}); "
+            f"{result.wall_s:.0f} s; checkpoint {result.checkpoint}"
         )
     return result
 
@@ -411,7 +428,8 @@ class Trainer:
             if result.val_loss is None:
                 self._evaluate_into(result, step, bar)
             problem = self.health.problem() or (
-                None if math.isfinite(result.val_loss) else f"the final validation loss is {result.val_loss}"
+                None if result.val_loss is None or math.isfinite(result.val_loss)
+                else f"the final validation loss is {result.val_loss}"
             )
             if problem is not None:
                 # a finished run that diverged is a failure, whatever the step count says
@@ -421,6 +439,8 @@ class Trainer:
         return result
 
     def _evaluate_into(self, result: TrainResult, step: int, bar: tqdm) -> None:
+        if self.val is None:
+            return  # token shards without data.val_shards: nothing held out
         result.val_loss = self.evaluate()
         self.health.observe_val(result.val_loss)
         # exp overflows past ~709; a loss that high is a diverged model anyway.
