@@ -176,8 +176,7 @@ def gather_weights(ckpt: DeepSpeedCheckpoint) -> dict[str, Any]:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     zero_to_fp32 = require("deepspeed.utils.zero_to_fp32", f"reading the DeepSpeed checkpoint {ckpt.ds_dir}")
     state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(ckpt.ds_dir), tag=ckpt.tag)
-    # undo the run-option wrappers (activation checkpointing: blocks.i.block.*, torch.compile: _orig_mod.)
-    return {k.replace(".block.", ".").replace("_orig_mod.", ""): v for k, v in state.items()}
+    return {ckpt_io.unwrapped_name(k): v for k, v in state.items()}
 
 
 def consolidated_model(ckpt: DeepSpeedCheckpoint, run_cfg: dict[str, Any]):

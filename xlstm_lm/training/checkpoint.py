@@ -44,6 +44,12 @@ TOKENIZER_DIR = "tokenizer"
 _STEP_RE = re.compile(r"^step_(\d{7,})$")
 
 
+def unwrapped_name(name: str) -> str:
+    """A parameter's name in the plain model: the DeepSpeed loop's run options wrap blocks
+    (activation checkpointing: ``blocks.i.block.*``; torch.compile: ``_orig_mod.``)."""
+    return name.replace(".block.", ".").replace("_orig_mod.", "")
+
+
 class CheckpointError(RuntimeError):
     """A path is not a usable checkpoint: not a run dir or checkpoint folder, weights of
     another architecture, NaN/Inf values."""
@@ -254,4 +260,5 @@ __all__ = [
     "prune_checkpoints",
     "resolve_checkpoint",
     "save_checkpoint",
+    "unwrapped_name",
 ]

@@ -113,14 +113,18 @@ def load_raw_config(args: argparse.Namespace, default_config: Path) -> dict[str,
     otherwise: a typo must not start a fresh run); ``--resume-or-new`` continues when
     there is one and starts the run when there is none (for schedulers that rerun the
     same command). Without ``--config`` a resume uses the run's saved config."""
-    raw = _apply_cli(load_yaml(args.config if args.config is not None else default_config), args)
+    base = load_yaml(args.config if args.config is not None else default_config)
+    raw = _apply_cli(base, args)
     run_dir = _run_dir_of(raw)
-    if getattr(args, "resume_or_new", False):
-        args.resume = has_checkpoint(run_dir)
-        raw = _apply_cli(load_yaml(args.config if args.config is not None else default_config), args)
+    resume_or_new = getattr(args, "resume_or_new", False)
+    found = (args.resume or resume_or_new) and has_checkpoint(run_dir)
+    if resume_or_new and args.resume != found:
+        # --init-from keeps the file's model section only on a resume: apply the command line again
+        args.resume = found
+        raw = _apply_cli(base, args)
     if not args.resume:
         return raw
-    if not has_checkpoint(run_dir):
+    if not found:
         what = "does not exist" if not run_dir.exists() else "holds no checkpoint (no checkpoints/latest, no deepspeed/latest)"
         raise ConfigError(
             f"--resume: the run dir {run_dir} {what}; check --run-dir, or leave out --resume to start a new run "

@@ -85,7 +85,7 @@ from .lora import apply_lora
 from .launch_env import preflight
 from .monitor import MetricsLog, format_mfu, json_line, mfu, peak_flops
 from .optim import build_optimizer, lr_at, z_loss
-from .checkpoint import MODEL_FILE, nonfinite_weights
+from .checkpoint import MODEL_FILE, nonfinite_weights, unwrapped_name
 from .trainer import METRICS_FILE, check_resume_config, default_model_factory, sample_text
 
 DEEPSPEED_FEATURE = "the DeepSpeed training loop (data.shards, data.sft, train.distributed or a multi-process launcher)"
@@ -762,8 +762,7 @@ def save_weights_copy(engine, path: Path) -> None:
         elif rank == 0:
             state[name] = param.detach().float().cpu().clone()
     if rank == 0:
-        # undo the run-option wrappers (activation checkpointing: blocks.i.block.*, torch.compile: _orig_mod.)
-        clean = {k.replace(".block.", ".").replace("_orig_mod.", ""): v.contiguous() for k, v in state.items()}
+        clean = {unwrapped_name(k): v.contiguous() for k, v in state.items()}
         tmp = path.with_name(f".{path.name}.tmp")
         save_file(clean, str(tmp))
         os.replace(tmp, path)
